@@ -1,0 +1,26 @@
+# Two entry points do all set-up on a fresh machine: `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv quickstart test clean
+
+# torch==2.13.0 goes in first, on its own: installing it as a dependency of
+# another package lets pip resolve a multi-GB CUDA build.
+$(BIN)/activate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/activate
+
+venv: $(BIN)/activate
+
+quickstart: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m harness.run
+
+test: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf outputs multirun mlruns.db mlartifacts optuna.db optuna.journal

@@ -1,0 +1,1 @@
+"""Layer-wise fine-tuning harness: tiers, per-tier learning rates, sweeps and baselines."""
