@@ -1,0 +1,147 @@
+"""MLflow tracking: where runs go, and what each run records (params, tags, metrics, artifacts)."""
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric
+from omegaconf import OmegaConf
+
+from harness.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# MLflow rejects param values longer than this; longer values live in config.yaml.
+MAX_PARAM_LENGTH = 6000
+METRIC_NAMES = ("accuracy", "macro_f1", "mcc", "loss")
+
+
+def tracking_uri(tracking_cfg) -> str:
+    """Return `tracking.uri`, or the embedded SQLite database under `tracking.root`."""
+    if tracking_cfg.uri:
+        return str(tracking_cfg.uri)
+    return f"sqlite:///{Path(tracking_cfg.root).resolve() / 'mlruns.db'}"
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"tracking.root={str(folder)!r} is not a writable folder ({error}). "
+            "Set tracking.root to a writable folder, or tracking.uri to an MLflow server."
+        ) from error
+
+
+def start_tracking(tracking_cfg) -> str:
+    """Point MLflow at the tracking store and return the experiment id, creating it if needed."""
+    artifact_location = None
+    if not tracking_cfg.uri:
+        root = Path(tracking_cfg.root).resolve()
+        _check_writable(root)
+        artifact_location = (root / "mlartifacts").as_uri()
+
+    mlflow.set_tracking_uri(tracking_uri(tracking_cfg))
+    experiment = mlflow.get_experiment_by_name(tracking_cfg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(tracking_cfg.experiment, artifact_location=artifact_location)
+
+
+def git_state() -> tuple[str, str]:
+    """Return the commit of the code that runs and whether its work tree has changes."""
+    package_dir = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=package_dir, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=package_dir, capture_output=True, text=True, check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", "unknown"
+    return commit, str(bool(status.strip())).lower()
+
+
+def flatten_config(cfg) -> dict:
+    """Flatten the resolved config to dotted keys with string values short enough for MLflow."""
+    flat = {}
+
+    def visit(prefix, node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                visit(f"{prefix}.{key}" if prefix else str(key), value)
+            return
+        text = str(node)
+        if len(text) > MAX_PARAM_LENGTH:
+            text = text[: MAX_PARAM_LENGTH - 30] + "... (see config.yaml)"
+        flat[prefix] = text
+
+    visit("", OmegaConf.to_container(cfg, resolve=True))
+    return flat
+
+
+def log_setup(cfg, plan, data_summary: str) -> None:
+    """Log the config as params and artifacts, and the tier table, to the active run."""
+    params = flatten_config(cfg)
+    params.update({f"tier_lr.{name}": str(lr) for name, lr in plan.tier_lrs.items()})
+    items = list(params.items())
+    for start in range(0, len(items), 100):
+        mlflow.log_params(dict(items[start:start + 100]))
+
+    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    mlflow.log_text(plan.render(), "tier_table.txt")
+    mlflow.log_text(plan.to_frame().to_csv(index=False), "tier_table.csv")
+    mlflow.log_text(data_summary, "data_summary.txt")
+
+
+def log_epoch(run_id: str, epoch: int, metrics: dict, train_losses: list) -> None:
+    """Log one epoch's validation metrics and the train losses since the last epoch."""
+    timestamp = int(time.time() * 1000)
+    batch = [Metric(f"val_{name}", float(metrics[name]), timestamp, epoch) for name in METRIC_NAMES]
+    batch += [Metric("train_loss", loss, timestamp, step) for step, loss in train_losses]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[start:start + 1000])
+
+
+def summary_metrics(result, plan, metric_name: str, total_params: int) -> dict:
+    """Return the run's summary metrics, named as the run contract in docs/architecture.md says."""
+    summary = {}
+    for name in METRIC_NAMES:
+        summary[f"best_val_{name}"] = result.best[name]
+        summary[f"final_val_{name}"] = result.final[name]
+        if result.test:
+            summary[f"test_{name}"] = result.test[name]
+    summary["best_val_metric"] = result.best[metric_name]
+    if result.test:
+        summary["test_metric"] = result.test[metric_name]
+
+    trainable = plan_trainable_params(plan)
+    summary.update(
+        best_epoch=result.best_epoch,
+        train_time_s=result.train_time_s,
+        train_samples_per_s=result.samples_per_s,
+        peak_memory_mb=result.peak_memory_mb,
+        trainable_params=trainable,
+        total_params=total_params,
+        trainable_fraction=trainable / total_params,
+        train_val_gap=result.train_accuracy - result.final["accuracy"],
+        drift_mean=sum(result.drift.values()) / len(result.drift),
+    )
+    for tier, marks in result.tier_lrs.items():
+        for mark, lr in marks.items():
+            summary[f"lr_{tier}_{mark}"] = lr
+    for depth, drift in result.drift.items():
+        summary[f"drift_depth_{depth}"] = drift
+    return summary
+
+
+def plan_trainable_params(plan) -> int:
+    """Count the parameters the optimizer updates at some point of the run."""
+    return sum(param.numel() for group in plan.param_groups for param in group["params"])
