@@ -63,3 +63,9 @@ BUILDERS = {
 def build(arch):
     """Build a tiny randomly initialised sequence classifier of the given family."""
     return BUILDERS[arch]()
+
+
+def build_gpt2_lm():
+    """Build a tiny GPT2LMHeadModel, whose `lm_head.weight` is the same tensor as `transformer.wte.weight`."""
+    config = tf.GPT2Config(vocab_size=128, n_embd=32, n_layer=4, n_head=2, bos_token_id=1, eos_token_id=2)
+    return tf.GPT2LMHeadModel(config)
