@@ -27,7 +27,7 @@ def load_task(task_cfg) -> DatasetDict:
     which does not depend on the run seed.
 
     Raises `ConfigError` for an invalid config value, missing files or columns,
-    empty splits, missing texts, and labels that are not integers in
+    empty splits, missing or empty texts, and labels that are not integers in
     [0, task.num_labels).
     """
     cfg = validate_task_config(task_cfg)
@@ -70,10 +70,10 @@ def _validate_split(dataset: Dataset, origin: str, cfg: dict) -> Dataset:
 
     for column in cfg["text_columns"]:
         for index, text in enumerate(dataset[column]):
-            if text is None:
+            if not text:
                 raise ConfigError(
-                    f"missing text in column {column!r} at data row {index + 1} of {origin}: "
-                    "fill in the text or remove the row"
+                    f"missing or empty text in column {column!r} at data row {index + 1} of "
+                    f"{origin}: fill in the text or remove the row"
                 )
 
     _check_labels(dataset["label"], origin, cfg)
