@@ -14,7 +14,7 @@ def compute_metrics(labels, predictions) -> dict[str, float]:
     `labels` and `predictions` are 1-D sequences of integer class ids of the
     same length (lists, NumPy arrays or CPU tensors). Macro F1 averages over
     the classes that occur in either sequence, and a class with no predicted
-    or no true member scores an F1 of 0. MCC is 0.0 when either sequence holds
+    or no true member scores an F1 of 0. MCC is 0.0 when either sequence contains
     a single class.
     """
     labels = np.asarray(labels)

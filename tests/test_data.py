@@ -127,7 +127,7 @@ def test_load_sentence_pair_csv(pair_dir):
     assert raw["train"][1] == {"text_a": "premise 1, with a comma", "text_b": 'hypothesis "1"', "label": 1}
 
 
-def test_load_keeps_text_that_looks_like_missing_value(tmp_path):
+def test_load_keeps_na_like_text(tmp_path):
     folder = tmp_path / "na"
     rows = [["NA", 0], ["10000", 1], ["null", 0], ["nan", 1]]
     write_csv(folder / "train.csv", ["label", "id", "text"], [[r[1], i, r[0]] for i, r in enumerate(rows)])
@@ -137,6 +137,18 @@ def test_load_keeps_text_that_looks_like_missing_value(tmp_path):
 
     assert raw["train"]["text"][:] == ["NA", "10000", "null", "nan"]
     assert raw["train"].column_names == ["text", "label"]
+
+
+def test_load_csv_with_byte_order_mark(tmp_path):
+    folder = tmp_path / "bom"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        (folder / f"{split}.csv").write_text("text,label\nfirst,0\nsecond,1\n", encoding="utf-8-sig")
+
+    raw = load_task(task_config(folder, num_labels=2, label_names=["a", "b"]))
+
+    assert raw["train"].column_names == ["text", "label"]
+    assert raw["train"]["text"][:] == ["first", "second"]
 
 
 def test_load_accepts_omegaconf(single_dir):
@@ -270,7 +282,7 @@ def test_subsample_keeps_class_proportions(single_dir):
     assert len(raw["validation"]) == 6
 
 
-def test_subsample_of_full_size_keeps_every_row(single_dir):
+def test_subsample_full_size_keeps_rows(single_dir):
     raw = load_task(task_config(single_dir, train_size=30))
 
     assert raw["train"]["label"][:] == TRAIN_LABELS
@@ -409,7 +421,7 @@ def test_real_csv_data_loads(task, sizes, label_counts):
 # --- hub loading with a stand-in for load_dataset ------------------------------------------
 
 
-def test_hub_columns_renamed_and_validation_held_out(monkeypatch):
+def test_hub_column_mapping_and_holdout(monkeypatch):
     requests = []
 
     def fake_load_dataset(path, name, split, revision):
@@ -541,7 +553,7 @@ def test_tokenize_cache_reused_by_new_process(single_dir, tokenizer):
     assert result.stdout.split()[-1] == "0"
 
 
-def test_tokenize_cache_keyed_on_max_length_and_data(single_dir, tokenizer, count_tokenizer_calls):
+def test_tokenize_cache_key_inputs(single_dir, tokenizer, count_tokenizer_calls):
     cfg = task_config(single_dir)
     tokenize_task(load_task(cfg), tokenizer, cfg)
     calls = len(count_tokenizer_calls)
@@ -557,7 +569,7 @@ def test_tokenize_cache_keyed_on_max_length_and_data(single_dir, tokenizer, coun
     assert count_tokenizer_calls[calls:] == [9]
 
 
-def test_tokenize_rejects_max_length_above_model_limit(single_dir, tokenizer):
+def test_tokenize_max_length_above_model_limit(single_dir, tokenizer):
     cfg = task_config(single_dir, max_length=100_000)
 
     with pytest.raises(ConfigError, match="task.max_length=100000 is larger"):

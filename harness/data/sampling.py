@@ -43,15 +43,15 @@ def stratified_sample(labels, size: int, seed: int) -> np.ndarray:
 
 
 def split_off(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split row indices into a kept part and a stratified held-out part of `fraction`.
+    """Split row indices into the remaining rows and a stratified held-out part of `fraction`.
 
-    Returns `(kept, held_out)`, both in ascending order. The held-out part has
+    Returns `(remaining, held_out)`, both in ascending order. The held-out part has
     `round(fraction * len(labels))` rows.
     """
     labels = np.asarray(labels)
     held_out = stratified_sample(labels, round(fraction * len(labels)), seed)
-    kept = np.setdiff1d(np.arange(len(labels)), held_out)
-    return kept, held_out
+    remaining = np.setdiff1d(np.arange(len(labels)), held_out)
+    return remaining, held_out
 
 
 def subsample(dataset: Dataset, size: int, seed: int) -> Dataset:

@@ -28,7 +28,7 @@ REQUIRED_CSV_SPLITS = ("train", "validation")
 HUB_VALIDATION_FRACTION = 0.1
 
 # BBC News has no official split: 10 % validation and 10 % test are held out,
-# stratified by class, with a fixed seed so every run sees the same split.
+# stratified by class, with a fixed seed, so every run uses the same split.
 BBC_HELD_OUT_FRACTION = 0.1
 BBC_SPLIT_SEED = 0
 
@@ -78,7 +78,8 @@ def _read_csv(path: Path, text_columns: list[str]) -> Dataset:
     header = _check_csv_header(path, text_columns)
 
     # Every column is read as a string, so `load_task` can report labels that are not
-    # integers, and texts such as "NA" or "10000" stay text.
+    # integers, and texts such as "NA" or "10000" stay text. "utf-8-sig" also reads
+    # files that start with a byte order mark, as spreadsheet programs write them.
     features = Features({column: Value("string") for column in header})
     dataset = datasets.load_dataset(
         "csv",
@@ -86,6 +87,7 @@ def _read_csv(path: Path, text_columns: list[str]) -> Dataset:
         split="train",
         features=features,
         keep_default_na=False,
+        encoding="utf-8-sig",
         cache_dir=str(cache_dir() / "datasets"),
     )
     return dataset.select_columns([*text_columns, "label"])
@@ -93,7 +95,7 @@ def _read_csv(path: Path, text_columns: list[str]) -> Dataset:
 
 def _check_csv_header(path: Path, text_columns: list[str]) -> list[str]:
     """Return the header of a CSV file after checking its columns and that it has rows."""
-    with path.open(newline="", encoding="utf-8") as file:
+    with path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.reader(file)
         header = next(reader, None)
         first_row = next(reader, None)
@@ -164,12 +166,12 @@ def _rename_hub_columns(dataset: Dataset, hub: dict, text_columns: list[str]) ->
 
 
 def _hold_out_validation(train: Dataset) -> tuple[Dataset, Dataset]:
-    kept, held_out = split_off(train["label"], HUB_VALIDATION_FRACTION, seed=0)
+    remaining, held_out = split_off(train["label"], HUB_VALIDATION_FRACTION, seed=0)
     logger.info(
         "hub dataset has no validation split: holding out a stratified %d of %d training rows",
         len(held_out), len(train),
     )
-    return train.select(kept), train.select(held_out)
+    return train.select(remaining), train.select(held_out)
 
 
 def read_bbc_news(text_columns: list[str], label_names: list[str]) -> DatasetDict:

@@ -26,8 +26,8 @@ def tokenize_task(raw: DatasetDict, tokenizer, task_cfg) -> DatasetDict:
     `token_type_ids` (when the tokenizer returns them) and `labels`. Padding
     happens per batch in `make_loader`. Each split is written to an Arrow file
     in `<cache dir>/tokenized`, named by a fingerprint of the split's data, the
-    tokenizer and `task.max_length`, so a later call on the same data, in this
-    or another process, reads the file and does not tokenize again.
+    tokenizer and `task.max_length`. A later call on the same data, in this or
+    another process, reads that file and does not tokenize again.
     """
     cfg = validate_task_config(task_cfg)
     text_columns = cfg["text_columns"]
