@@ -113,7 +113,14 @@ def _parse_list(key, value) -> list:
 def _parse_split(value) -> tuple[int, ...]:
     if value is None:
         return ()
-    points = [value] if isinstance(value, int) and not isinstance(value, bool) else _parse_list("split", value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(
+            f"tier.split={value!r} must be a block index or a list of them, such as tier.split=4 or tier.split=[2,4]"
+        )
+
+    points = list(value)
     if not points:
         raise ConfigError("tier.split=[] has no split points; give at least one, or use strategy=full for one tier")
     for point in points:
@@ -214,13 +221,13 @@ def _split_tiers(spec, depths) -> list[Tier]:
     names = spec.names or default_tier_names(num_tiers)
     if len(names) != num_tiers:
         raise ConfigError(
-            f"tier.names has {len(names)} names but tier.split={list(spec.split)} makes {num_tiers} tiers; "
-            "give one name per tier, bottom first"
+            f"tier.names={list(names)} does not match tier.split={list(spec.split)}, which makes "
+            f"{num_tiers} tiers; give one name per tier, bottom first"
         )
     if len(spec.lrs) != num_tiers:
         raise ConfigError(
-            f"tier.lrs has {len(spec.lrs)} values but tier.split={list(spec.split)} makes {num_tiers} tiers "
-            f"({', '.join(names)}); give one lr per tier, bottom first"
+            f"tier.lrs={list(spec.lrs)} does not match tier.split={list(spec.split)}, which makes "
+            f"{num_tiers} tiers ({', '.join(names)}); give one lr per tier, bottom first"
         )
 
     # Block k is depth k + 1, so a tier that starts at block k starts at depth k + 1.
