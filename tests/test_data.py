@@ -233,6 +233,14 @@ BAD_INPUT = [
         "path": "nyu-mll/glue", "name": "sst2", "revision": None, "text_columns": ["sentence"],
         "label_column": "label", "splits": {"train": "train", "validation": "validation", "test": None}}},
         ["nyu-mll/glue", "offline", "task.data_dir=DIR", "text,label"]),
+    ("hub text_columns length", None, {"data_dir": None, "source": "hub", "hub": {
+        "path": "nyu-mll/glue", "name": "mrpc", "revision": None, "text_columns": ["sentence1", "sentence2"],
+        "label_column": "label", "splits": {"train": "train", "validation": "validation", "test": None}}},
+        ["task.hub.text_columns=['sentence1', 'sentence2']", "task.text_columns=['text']", "same length"]),
+    ("hub split name unknown", None, {"data_dir": None, "source": "hub", "hub": {
+        "path": "nyu-mll/glue", "name": "sst2", "revision": None, "text_columns": ["sentence"],
+        "label_column": "label", "splits": {"train": "train", "dev": "validation"}}},
+        ["task.hub.splits={'train': 'train', 'dev': 'validation'}"]),
     ("hub mapping missing", None, {"data_dir": None, "source": "hub"}, ["task.hub mapping", "None"]),
     ("bbc label_names wrong", None, {"data_dir": None, "source": "bbc_news", "num_labels": 5,
         "label_names": ["a", "b", "c", "d", "e"]}, ["task.label_names=['a', 'b', 'c', 'd', 'e']", "'business'"]),

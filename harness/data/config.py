@@ -9,6 +9,7 @@ from harness.errors import ConfigError
 from harness.metrics import METRIC_NAMES
 
 SOURCES = ("bbc_news", "csv", "hub")
+SPLITS = ("train", "validation", "test")
 
 # Every task YAML carries all of these keys, with null where a key is unused.
 REQUIRED_KEYS = (
@@ -91,10 +92,10 @@ def _check_source(cfg: dict) -> None:
         )
 
     if source == "hub" and cfg["data_dir"] is None:
-        _check_hub(cfg["hub"])
+        _check_hub(cfg["hub"], cfg["text_columns"])
 
 
-def _check_hub(hub) -> None:
+def _check_hub(hub, text_columns) -> None:
     if not isinstance(hub, dict):
         raise ConfigError(
             f"task.source='hub' needs a task.hub mapping with the keys {list(HUB_KEYS)}, "
@@ -109,9 +110,16 @@ def _check_hub(hub) -> None:
         )
 
     _check_text_columns(hub["text_columns"], "task.hub.text_columns")
+    if len(hub["text_columns"]) != len(text_columns):
+        raise ConfigError(
+            f"task.hub.text_columns={hub['text_columns']!r} and task.text_columns="
+            f"{text_columns!r} must have the same length: the hub columns are renamed "
+            "to the task columns in order"
+        )
 
     splits = hub["splits"]
-    if not isinstance(splits, dict) or not splits.get("train"):
+    valid_splits = isinstance(splits, dict) and set(splits) <= set(SPLITS)
+    if not valid_splits or not splits.get("train"):
         raise ConfigError(
             f"invalid task.hub.splits={splits!r}: map train, validation and test to hub "
             "split names, for example {train: train, validation: validation, test: null}"

@@ -14,13 +14,12 @@ from pathlib import Path
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from harness.data.config import cache_dir
+from harness.data.config import SPLITS, cache_dir
 from harness.data.sampling import split_off
 from harness.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-CSV_SPLITS = ("train", "validation", "test")
 REQUIRED_CSV_SPLITS = ("train", "validation")
 
 # Share of the hub training split held out as validation when a hub dataset has
@@ -59,7 +58,7 @@ def read_csv_dir(data_dir, text_columns: list[str]) -> DatasetDict:
         )
 
     splits = {}
-    for split in CSV_SPLITS:
+    for split in SPLITS:
         path = folder / f"{split}.csv"
         if not path.is_file():
             if split in REQUIRED_CSV_SPLITS:
