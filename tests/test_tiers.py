@@ -20,10 +20,6 @@ FREEZE_BOTTOM = {"strategy": "tiers", "split": 2, "lrs": [0.0, 1e-3]}
 NUM_BLOCKS = {arch: 4 for arch in tiny_models.BUILDERS} | {"albert": 1, "t5": 6, "bart": 6}
 
 
-def unique_params(model):
-    return list(model.parameters())
-
-
 def group_tensors(groups):
     return [param for group in groups for param in group["params"]]
 
@@ -38,6 +34,33 @@ def block_depths(model, depths):
                 if name.startswith(prefix):
                     yield name, first_depth + index
         first_depth += stack.num_blocks
+
+
+class PlainBlock(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x):
+        return torch.relu(self.linear(x))
+
+
+class PlainStackModel(nn.Module):
+    """A torch model without `_no_split_modules` or `base_model`, with BatchNorm below the blocks."""
+
+    def __init__(self, num_blocks=3, width=8):
+        super().__init__()
+        self.embed = nn.Embedding(16, width)
+        self.norm = nn.BatchNorm1d(width)
+        self.dropout = nn.Dropout(0.5)
+        self.blocks = nn.ModuleList(PlainBlock(width) for _ in range(num_blocks))
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, ids):
+        x = self.dropout(self.norm(self.embed(ids).mean(dim=1)))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +79,8 @@ def test_groups_cover_every_tensor_once(models, arch):
 
     in_groups = group_tensors(plan.param_groups)
     assert len(in_groups) == len(set(in_groups)), "a tensor is in two param groups"
-    assert set(in_groups) == set(unique_params(model))
-    assert sum(row.num_params for row in plan.rows) == sum(p.numel() for p in unique_params(model))
+    assert set(in_groups) == set(model.parameters())
+    assert sum(row.num_params for row in plan.rows) == sum(p.numel() for p in model.parameters())
     all_names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     assert set(plan.param_depth) == all_names
 
@@ -74,7 +97,7 @@ def test_depth_order(models, arch):
     for name, expected in block_depths(model, depths):
         assert depths.param_depth[name] == expected, name
 
-    # The last parameter registered on the task head module, outside the base model.
+    # Task head: every parameter outside the base model.
     head_names = [n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")]
     assert head_names, "tiny models all have a task head"
     for name in head_names:
@@ -213,6 +236,24 @@ def test_llama_rms_norm_has_no_weight_decay(models):
     assert any(norm.weight is p for g in groups if g["weight_decay"] == 0.0 for p in g["params"])
 
 
+
+class ScaleNorm(nn.Module):
+    """A normalisation layer with a 2-D scale, so only its class name marks it as a norm."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, width))
+
+
+def test_norm_class_with_2d_weight_has_no_weight_decay():
+    model = PlainStackModel()
+    model.final_norm = ScaleNorm(8)
+    groups = param_groups(model, FULL, weight_decay=0.1)
+    decay_of = {param: group["weight_decay"] for group in groups for param in group["params"]}
+
+    assert decay_of[model.final_norm.scale] == 0.0
+    assert decay_of[model.head.weight] == 0.1
+
 # Freezing
 
 
@@ -251,33 +292,6 @@ def test_frozen_tier_bit_identical_after_training():
     assert not model.bert.encoder.layer[1].training
     assert model.bert.encoder.layer[2].training
     assert model.dropout.training
-
-
-class PlainBlock(nn.Module):
-    def __init__(self, width):
-        super().__init__()
-        self.linear = nn.Linear(width, width)
-
-    def forward(self, x):
-        return torch.relu(self.linear(x))
-
-
-class PlainStackModel(nn.Module):
-    """A torch model without `_no_split_modules` or `base_model`, with BatchNorm below the blocks."""
-
-    def __init__(self, num_blocks=3, width=8):
-        super().__init__()
-        self.embed = nn.Embedding(16, width)
-        self.norm = nn.BatchNorm1d(width)
-        self.dropout = nn.Dropout(0.5)
-        self.blocks = nn.ModuleList(PlainBlock(width) for _ in range(num_blocks))
-        self.head = nn.Linear(width, 2)
-
-    def forward(self, ids):
-        x = self.dropout(self.norm(self.embed(ids).mean(dim=1)))
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
 
 
 def test_frozen_batch_norm_buffers_do_not_drift():

@@ -92,7 +92,7 @@ class ModelDepths:
         if self.num_shared_layers is not None:
             text += (
                 f" because its {self.num_shared_layers} layers share the weights of "
-                f"{self.num_blocks} {self.stacks[0].block_class}; the shared weights are one unit, "
+                f"{self.num_blocks} {self.stacks[0].block_class}. The shared weights are one unit, "
                 "so a split point cannot fall inside them"
             )
         return text
@@ -315,8 +315,8 @@ class _DepthLocator:
         return self._is_embedding(previous_path, previous)
 
     def _depth_by_position(self, path) -> int:
-        # NOTE: registration order stands in for execution order here. A module registered
-        # after a stack that runs before it (and is no embedding) lands one depth too high.
+        # NOTE: registration order approximates execution order here. A module that is
+        # registered after a stack but runs before it, and is no embedding, gets too high a depth.
         position = self.position[path]
         if position < self.spans[0][0]:
             return 0

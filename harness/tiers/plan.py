@@ -25,7 +25,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TierRow:
-    """One line of the tier table. `num_trainable` counts parameters in the optimizer."""
+    """One line of the tier table.
+
+    `num_trainable` counts the parameters in the optimizer, including those of tiers that
+    gradual unfreezing has not reached yet. `frozen` marks a tier frozen for the whole run.
+    """
 
     name: str
     first_depth: int
@@ -99,7 +103,7 @@ class TierPlan:
         set_train_mode(model, [m for name in self._frozen_now for m in self._modules[name]])
 
     def update_unfreezing(self, epoch: int, step: int) -> list[str]:
-        """Unfreeze the tiers due at this 0-based epoch and optimizer step; return their names.
+        """Unfreeze the tiers due at this 0-based epoch and optimizer step, and return their names.
 
         Call it at the start of every epoch and optimizer step during training. The unfrozen
         tiers get requires_grad=True and train mode. Returns [] when nothing is due.
