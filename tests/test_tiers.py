@@ -245,7 +245,7 @@ class ScaleNorm(nn.Module):
         self.scale = nn.Parameter(torch.ones(1, width))
 
 
-def test_norm_class_with_2d_weight_has_no_weight_decay():
+def test_2d_norm_weight_has_no_decay():
     model = PlainStackModel()
     model.final_norm = ScaleNorm(8)
     groups = param_groups(model, FULL, weight_decay=0.1)

@@ -7,11 +7,7 @@ unfreezes the next tier down every N epochs or optimizer steps. Tiers frozen by 
 unfreeze.
 """
 
-import logging
-
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 
 def set_requires_grad(params, requires_grad: bool) -> None:
