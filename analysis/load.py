@@ -7,6 +7,7 @@ latest value, and params keep only the per-tier learning rates (`tier_lr.<name>`
 """
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -55,6 +56,7 @@ def load_runs(
             "parent_run_id or study_name (with storage)."
         )
 
+    check_sqlite_file(tracking_uri)
     client = MlflowClient(tracking_uri)
     trials = None
     if experiment:
@@ -74,6 +76,21 @@ def load_runs(
 
     logger.info("Loaded %d runs from %s=%r", len(frame), sources[0], experiment or parent_run_id or study_name)
     return frame
+
+
+def check_sqlite_file(tracking_uri: str | None) -> None:
+    """Raise ConfigError when a `sqlite:///` tracking URI names a missing file.
+
+    MLflow would create an empty database there, so a typo in the path would look like a store without runs.
+    """
+    if not tracking_uri or not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not path.is_file():
+        raise ConfigError(
+            f"tracking URI {tracking_uri!r} names the SQLite file {str(path.resolve())!r}, which does not exist. "
+            "Pass the mlruns.db that the runs were written to (sqlite:////absolute/path/mlruns.db)."
+        )
 
 
 def experiment_runs(client: MlflowClient, name: str) -> list:

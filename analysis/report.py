@@ -167,6 +167,9 @@ def run_report(args: argparse.Namespace) -> Path:
     source = describe_source(args)
     if runs.empty:
         raise ConfigError(f"{source} has no runs at tracking URI {client.tracking_uri!r}; check the source and URI.")
+    if args.metric not in runs:
+        raise ConfigError(f"--metric={args.metric} is not logged by any run of {source}; pick a logged metric "
+                          "such as best_val_metric or test_metric.")
 
     study = load_study(args.study, args.storage) if args.study else None
     path, outputs = build_report(runs, args.out, source=source, client=client, study=study, metric=args.metric,
