@@ -67,10 +67,10 @@ def ensure_baseline(cfg, experiment_id: str, key: str, sweep_id):
 def run_job(cfg) -> dict | None:
     """Run one experiment and return its summary metrics (the objective values of a sweep)."""
     prepared = experiment.prepare(cfg)
-    logger.info("Plan:\n%s", experiment.describe(prepared))
     if cfg.dry_run:
         print(experiment.describe(prepared))
         return None
+    logger.info("Plan:\n%s", experiment.describe(prepared))
 
     experiment_id = tracking.start_tracking(cfg.tracking)
     key = baselines.baseline_key(cfg)

@@ -48,9 +48,12 @@ def start_tracking(tracking_cfg) -> str:
 
     mlflow.set_tracking_uri(tracking_uri(tracking_cfg))
     experiment = mlflow.get_experiment_by_name(tracking_cfg.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(tracking_cfg.experiment, artifact_location=artifact_location)
+    if experiment is None:
+        experiment_id = mlflow.create_experiment(tracking_cfg.experiment, artifact_location=artifact_location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def git_state() -> tuple[str, str]:

@@ -97,15 +97,18 @@ def compose():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from omegaconf import open_dict, read_write
 
     def _compose(overrides):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
+        with read_write(cfg), open_dict(cfg):
             cfg.hydra.runtime.cwd = os.getcwd()
+        HydraConfig.instance().set_config(cfg)
+        # A Hydra app's task function gets the config without its `hydra` node.
+        with open_dict(cfg):
+            del cfg["hydra"]
         return cfg
 
     yield _compose
