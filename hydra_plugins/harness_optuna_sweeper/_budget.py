@@ -1,0 +1,30 @@
+"""The global trial budget of a study, shared by every worker and every resume of a sweep.
+
+`n_trials` bounds the trials in BUDGET_STATES. A FAIL trial does not use up the budget: the
+sweep runs another in its place, and `max_failures` stops a worker that keeps failing.
+
+Workers that share a storage check the budget twice. Before asking, a worker counts the
+budget trials to decide whether to ask at all. After asking, two workers that both saw one
+free slot each hold a new trial, so each worker keeps its trial only if fewer than `n_trials`
+budget trials have a lower number (`within_budget`) and fails it otherwise. Every storage
+numbers trials in creation order (RDB storages lock the study row, the journal is one
+append-only log), so each earlier trial is visible to that check, and FAIL is final. Hence
+the kept trials never exceed `n_trials`: the last kept trial would have counted all others.
+"""
+
+from optuna.trial import TrialState
+
+BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+# User attribute of a trial failed because other workers had used up the budget.
+OVER_BUDGET_REASON = "over budget: other workers asked for the last trials first"
+
+
+def used_budget(study) -> int:
+    """Return the number of trials that count toward `n_trials`."""
+    return len(study.get_trials(deepcopy=False, states=BUDGET_STATES))
+
+
+def within_budget(study, trial_number: int, n_trials: int) -> bool:
+    """Return whether fewer than `n_trials` budget trials have a lower number than `trial_number`."""
+    earlier = [trial for trial in study.get_trials(deepcopy=False, states=BUDGET_STATES) if trial.number < trial_number]
+    return len(earlier) < n_trials
