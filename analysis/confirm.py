@@ -11,7 +11,7 @@ overrides are the fixed part of the sweep (model, task, budget) and go to every 
 The baseline needs no command of its own: with `baseline=auto` (the harness default) every
 layer-wise job reuses the FINISHED full fine-tuning run with its seed, or runs it first.
 Each command gets its own `hydra.sweep.dir`, which the harness records as the `sweep_id`
-tag; the comparison table is built from the runs with those tags and their baselines.
+tag. The comparison table is built from the runs with those tags and their baselines.
 """
 
 import argparse
@@ -26,6 +26,7 @@ import optuna
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from mlflow import MlflowClient
 
 from analysis import compare, report
 from analysis.load import load_runs, load_study
@@ -33,7 +34,7 @@ from harness.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-# Override keys that confirm sets itself; the positional overrides and trial params must not set them.
+# Override keys that confirm sets itself, so the positional overrides and trial params must not set them.
 RESERVED_KEYS = ("seed", "hydra.sweep.dir", "tracking.uri", "tracking.experiment")
 
 
@@ -238,7 +239,8 @@ def confirm(args: argparse.Namespace) -> int:
     table = compare.comparison_table(runs, n_boot=args.n_boot)
     print(report.markdown_table(table, report.COMPARISON_COLUMNS))
     if args.out:
-        report.build_report(runs, args.out, source=f"confirmation of study `{args.study}`", n_boot=args.n_boot)
+        report.build_report(runs, args.out, source=f"confirmation of study `{args.study}`",
+                            client=MlflowClient(tracking_uri), n_boot=args.n_boot)
     return 1 if failed else 0
 
 

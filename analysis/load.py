@@ -209,12 +209,12 @@ def search_all_pages(client: MlflowClient, experiment_ids: list[str], filter_str
 
 def add_missing_baselines(client: MlflowClient, frame: pd.DataFrame) -> pd.DataFrame:
     """Append the runs named in `baseline_run_id` that `frame` does not contain."""
-    wanted = set(frame["baseline_run_id"].dropna()) - set(frame["run_id"])
-    if not wanted:
+    missing_ids = set(frame["baseline_run_id"].dropna()) - set(frame["run_id"])
+    if not missing_ids:
         return frame
 
-    logger.info("Adding %d baseline runs from outside the source", len(wanted))
-    extra = tidy_frame(runs_by_id(client, sorted(wanted)))
+    logger.info("Adding %d baseline runs from outside the source", len(missing_ids))
+    extra = tidy_frame(runs_by_id(client, sorted(missing_ids)))
     return pd.concat([frame, extra], ignore_index=True)
 
 

@@ -31,12 +31,12 @@ MAX_LEGEND_ENTRIES = 10
 
 
 class PlotSkipped(Exception):
-    """The runs contain nothing that a plot can show; the message says why."""
+    """Raised when the runs contain nothing that a plot can show; the message gives the reason."""
 
 
 @dataclass
 class PlotOutput:
-    """One plot of `make_plots`: its file, or the note that says why it was skipped."""
+    """One plot of `make_plots`: its file, or the note with the reason it was skipped."""
 
     name: str
     title: str
@@ -126,8 +126,8 @@ def plot_tier_lrs(runs: pd.DataFrame, path: Path, metric: str = "best_val_metric
     """
     usable = finished_with(runs, metric)
     usable = usable[usable["role"] != "baseline"]
-    tier_columns = [column for column in usable
-                    if column.startswith(TIER_LR_PREFIX) and usable[column].gt(0).any()]
+    tier_columns = sorted(column for column in usable
+                          if column.startswith(TIER_LR_PREFIX) and usable[column].gt(0).any())
     if not tier_columns:
         raise PlotSkipped(f"no FINISHED layer-wise run has both a positive tier_lr.<name> param and {metric}")
 

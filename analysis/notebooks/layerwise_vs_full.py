@@ -13,9 +13,10 @@
 # %% [markdown]
 # # Layer-wise vs full fine-tuning
 #
-# Compares every layer-wise config with the full fine-tuning baseline of the same seed:
-# mean and standard deviation over seeds, 95% bootstrap CIs, paired differences and win rates,
-# then the metric against the split point, the Pareto fronts and the weight drift per depth.
+# Compares every layer-wise config with the full fine-tuning baseline of the same seed. The
+# tables give mean and standard deviation over seeds, 95% bootstrap CIs, paired differences and
+# win rates. The plots show the metric against the split point, the Pareto fronts and the weight
+# drift per depth.
 # docs/analysis.md states the statistics.
 #
 # Set the source with environment variables before starting Jupyter (or edit the next cell):
@@ -51,7 +52,7 @@ runs.groupby(["role", "status"], dropna=False).size()
 # ## Configs over seeds
 #
 # One row per (task, model, tier_config). `mean_diff` is the mean paired difference against the
-# baseline with the same seed; `win_rate` is the fraction of seeds where the config beats it.
+# baseline with the same seed, and `win_rate` is the fraction of seeds where the config beats it.
 # Configs with fewer than 3 seeds are marked `underpowered`.
 
 # %%
