@@ -110,7 +110,12 @@ def describe(prepared: Prepared) -> str:
 def run_tags(prepared: Prepared, key: str, sweep_id: str | None) -> dict:
     cfg = prepared.cfg
     split = cfg.tier.get("split")
-    split_text = ",".join(str(s) for s in split) if hasattr(split, "__iter__") else ("" if split is None else str(split))
+    if split is None:
+        split_text = ""
+    elif isinstance(split, int):
+        split_text = str(split)
+    else:
+        split_text = ",".join(str(point) for point in split)
     commit, dirty = tracking.git_state()
     tags = {
         "model": cfg.model.name,

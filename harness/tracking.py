@@ -114,7 +114,7 @@ def log_epoch(run_id: str, epoch: int, metrics: dict, train_losses: list) -> Non
 
 
 def summary_metrics(result, plan, metric_name: str, total_params: int) -> dict:
-    """Return the run's summary metrics, named as the run contract in docs/architecture.md says."""
+    """Return the run's summary metrics, with the names that the run contract in docs/architecture.md defines."""
     summary = {}
     for name in METRIC_NAMES:
         summary[f"best_val_{name}"] = result.best[name]
