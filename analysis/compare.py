@@ -90,7 +90,7 @@ def summarize(runs: pd.DataFrame, metric: str = "best_val_metric", *, n_boot: in
 def pair_with_baselines(runs: pd.DataFrame, metric: str = "best_val_metric") -> pd.DataFrame:
     """Return one row per FINISHED layer-wise run with its baseline's value and `diff` = run - baseline.
 
-    The baseline is the run named in `baseline_run_id`. When that run is not in `runs`, it is
+    The baseline is the run named in `baseline_run_id`. When that run is not a FINISHED run in `runs`, it is
     the newest FINISHED baseline run with the same `baseline_key` (same model, task, data, seed
     and budget). Runs without a baseline keep `baseline_value` = NaN.
     """

@@ -1,12 +1,11 @@
 """Rerun the best configs of an Optuna study over several seeds, then compare them with the baseline.
 
-    python -m analysis.confirm --study NAME --storage sqlite:///optuna.db --top-k 3 --seeds 5 \\
-        model=minilm_l6 task=sst2
+    python -m analysis.confirm --study NAME --storage sqlite:///optuna.db --top-k 3 --seeds 5
 
 Each of the top-k COMPLETE trials (distinct params, best value first) becomes one Hydra
-multirun `python -m harness.run -m seed=0,...,N-1 <overrides> <trial params>`. The trial
-params are Hydra override keys, so they are passed back as `key=value`. The positional
-overrides are the fixed part of the sweep (model, task, budget) and go to every command.
+multirun `python -m harness.run -m seed=0,...,N-1 <overrides>`. The overrides reproduce the
+trial's job (see `analysis.overrides`): the sweep's fixed overrides, the trial run's tier spec
+and the trial params, then the positional overrides of this command.
 
 The baseline needs no command of its own: with `baseline=auto` (the harness default) every
 layer-wise job reuses the FINISHED full fine-tuning run with its seed, or runs it first.
@@ -24,18 +23,20 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
 from mlflow import MlflowClient
 
 from analysis import compare, report
-from analysis.load import load_runs, load_study
+from analysis.load import check_sqlite_file, load_runs, load_study
+from analysis.overrides import (format_override, merge_overrides, override_key, override_value,
+                                sweep_fixed_overrides, tier_overrides, trial_overrides)
 from harness.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-# Override keys that confirm sets itself, so the positional overrides and trial params must not set them.
-RESERVED_KEYS = ("seed", "hydra.sweep.dir", "tracking.uri", "tracking.experiment")
+# Override keys that confirm sets itself, so the positional overrides must not set them.
+RESERVED_KEYS = ("seed", "hydra.sweep.dir")
+# The harness default of tracking.experiment (conf/tracking/default.yaml).
+DEFAULT_EXPERIMENT = "layerwise"
 
 
 def top_trials(study, top_k: int, objective: int = 0) -> list:
@@ -65,46 +66,16 @@ def top_trials(study, top_k: int, objective: int = 0) -> list:
     return chosen
 
 
-def format_override(key: str, value) -> str:
-    """Format a trial param as a Hydra override `key=value`.
-
-    Values are written as the Hydra sweeper writes them (`key=value` with None as null and
-    booleans as true/false). Values that Hydra would parse as a sweep (`6,10`) or not parse
-    at all are single-quoted, so they reach the job as one string.
-    """
-    if value is None:
-        text = "null"
-    elif isinstance(value, bool):
-        text = str(value).lower()
-    else:
-        text = str(value)
-
-    plain = f"{key}={text}"
-    try:
-        if not OverridesParser.create().parse_override(plain).is_sweep_override():
-            return plain
-    except HydraException:
-        pass
-    escaped = text.replace("\\", "\\\\").replace("'", "\\'")
-    return f"{key}='{escaped}'"
-
-
-def override_key(override: str) -> str:
-    """Return the config key of an override (`+tier.x=1` -> `tier.x`)."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def check_overrides(overrides: list[str], trials: list) -> None:
-    """Reject positional overrides that set a reserved key or a key that a trial param sets."""
-    trial_keys = {key for trial in trials for key in trial.params}
+    """Reject positional overrides that are not key=value, set a reserved key or set a trial param."""
+    trial_keys = {override_key(item) for trial in trials for item in trial_overrides(trial.params)}
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} is invalid; write it as key=value (for example task=sst2).")
         key = override_key(override)
         if key in RESERVED_KEYS:
             raise ConfigError(
-                f"override {override!r} sets {key}, which analysis.confirm sets itself; use --seeds, "
-                "--sweep-dir, --tracking-uri or --experiment instead."
+                f"override {override!r} sets {key}, which analysis.confirm sets itself; use --seeds or --sweep-dir."
             )
         if key in trial_keys:
             raise ConfigError(
@@ -112,30 +83,60 @@ def check_overrides(overrides: list[str], trials: list) -> None:
             )
 
 
-def build_commands(trials: list, *, seeds: int, overrides: list[str], sweep_dir: Path, experiment: str,
-                   tracking_uri: str | None, python: str = sys.executable) -> list[list[str]]:
-    """Return one `python -m harness.run -m seed=...` command per trial, with its own sweep directory."""
-    seed_list = ",".join(str(seed) for seed in range(seeds))
-    tracking = [format_override("tracking.experiment", experiment)]
-    if tracking_uri:
-        tracking.append(format_override("tracking.uri", tracking_uri))
+def tracking_flags(args: argparse.Namespace) -> list[str]:
+    """Return the tracking overrides that --tracking-uri and --experiment set."""
+    flags = []
+    if args.tracking_uri:
+        flags.append(format_override("tracking.uri", args.tracking_uri))
+    if args.experiment:
+        flags.append(format_override("tracking.experiment", args.experiment))
+    return flags
 
-    commands = []
-    for trial in trials:
-        trial_dir = Path(sweep_dir).resolve() / f"trial-{trial.number}"
-        params = [format_override(key, value) for key, value in sorted(trial.params.items())]
-        commands.append([
-            python, "-m", "harness.run", "-m", f"seed={seed_list}",
-            format_override("hydra.sweep.dir", str(trial_dir)), *tracking, *overrides, *params,
-        ])
-    return commands
+
+def tracking_location(overrides: list[str]) -> tuple[str, str]:
+    """Return the tracking URI and experiment that `python -m harness.run <overrides>` writes to.
+
+    Follows conf/tracking/default.yaml: tracking.uri, else the SQLite file under tracking.root,
+    whose default is the launch directory (here the current directory).
+    """
+    values = {override_key(item): override_value(item) for item in overrides}
+    experiment = str(values.get("tracking.experiment") or DEFAULT_EXPERIMENT)
+    if values.get("tracking.uri"):
+        return str(values["tracking.uri"]), experiment
+
+    root = Path(str(values.get("tracking.root") or Path.cwd()))
+    return f"sqlite:///{root.resolve() / 'mlruns.db'}", experiment
+
+
+def sweep_client(args: argparse.Namespace) -> MlflowClient | None:
+    """Return a client for the store of the sweep's runs, or None with a warning when it cannot be read."""
+    uri, _ = tracking_location([*args.overrides, *tracking_flags(args)])
+    try:
+        check_sqlite_file(uri)
+    except ConfigError as error:
+        logger.warning("Not reading the sweep's runs: %s", error)
+        return None
+    return MlflowClient(uri)
+
+
+def job_overrides(trial, *, fixed: list[str], client: MlflowClient | None, args: argparse.Namespace) -> list[str]:
+    """Return the overrides that rerun `trial`: fixed, tier spec, trial params, positional, tracking flags."""
+    tier = tier_overrides(client, trial.user_attrs.get("mlflow_run_id")) if client else []
+    return merge_overrides(fixed, tier, trial_overrides(trial.params), args.overrides, tracking_flags(args))
+
+
+def build_command(trial_number: int, overrides: list[str], *, seeds: int, sweep_dir: Path,
+                  python: str = sys.executable) -> list[str]:
+    """Return the `python -m harness.run -m seed=...` command of one trial, with its own sweep directory."""
+    seed_list = ",".join(str(seed) for seed in range(seeds))
+    trial_dir = Path(sweep_dir).resolve() / f"trial-{trial_number}"
+    return [python, "-m", "harness.run", "-m", f"seed={seed_list}",
+            format_override("hydra.sweep.dir", str(trial_dir)), *overrides]
 
 
 def sweep_dir_of(command: list[str]) -> str:
-    """Return the `hydra.sweep.dir` value of a command from `build_commands` (the runs' sweep_id tag)."""
-    override = next(item for item in command if item.startswith("hydra.sweep.dir="))
-    parsed = OverridesParser.create().parse_override(override)
-    return str(parsed.value())
+    """Return the `hydra.sweep.dir` value of a command from `build_command` (the runs' sweep_id tag)."""
+    return str(override_value(next(item for item in command if item.startswith("hydra.sweep.dir="))))
 
 
 def run_commands(commands: list[list[str]]) -> list[list[str]]:
@@ -171,10 +172,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     parser.add_argument("--objective", type=int, default=0,
                         help="index of the objective that ranks trials in a multi-objective study (default: 0)")
     parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI for the reruns, passed as tracking.uri (default: the harness "
-                             "default, sqlite:///<tracking.root>/mlruns.db with tracking.root the current directory)")
-    parser.add_argument("--experiment", default="layerwise",
-                        help="MLflow experiment for the reruns, passed as tracking.experiment (default: layerwise)")
+                        help="MLflow tracking URI of the sweep and the reruns, passed as tracking.uri (default: "
+                             "the sweep's tracking overrides, else sqlite:///<current directory>/mlruns.db)")
+    parser.add_argument("--experiment", default=None,
+                        help="MLflow experiment for the reruns, passed as tracking.experiment (default: the "
+                             "sweep's, else layerwise)")
     parser.add_argument("--sweep-dir", type=Path, default=None,
                         help="directory for the Hydra multiruns, one subdirectory per trial "
                              "(default: multirun/confirm-<study>-<UTC time>)")
@@ -183,8 +185,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     parser.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples per CI (default: 10000)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit without running them")
     parser.add_argument("overrides", nargs="*",
-                        help="Hydra overrides for every command, e.g. model=minilm_l6 task=sst2 (the sweep's "
-                             "fixed overrides)")
+                        help="Hydra overrides for every command, after the sweep's fixed overrides (which are "
+                             "read from the sweep's MLflow parent run), e.g. train.epochs=5")
     return parser, parser.parse_args(argv)
 
 
@@ -197,20 +199,6 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--n-boot={args.n_boot} is invalid; pass a positive number of resamples such as 10000.")
 
 
-def results_tracking_uri(args: argparse.Namespace) -> str:
-    """Return where the reruns are tracked: --tracking-uri, else the harness's SQLite file under tracking.root.
-
-    The harness default for tracking.root is the launch directory, which is the current one.
-    """
-    if args.tracking_uri:
-        return args.tracking_uri
-    root = Path.cwd()
-    for override in args.overrides:
-        if override_key(override) == "tracking.root":
-            root = Path(str(OverridesParser.create().parse_override(override).value()))
-    return f"sqlite:///{root.resolve() / 'mlruns.db'}"
-
-
 def confirm(args: argparse.Namespace) -> int:
     """Build and run (or print) the commands, then print the comparison table; return the exit status."""
     validate_args(args)
@@ -218,22 +206,26 @@ def confirm(args: argparse.Namespace) -> int:
     trials = top_trials(study, args.top_k, args.objective)
     check_overrides(args.overrides, trials)
 
+    client = sweep_client(args)
+    fixed = sweep_fixed_overrides(client, study) if client else []
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     sweep_dir = args.sweep_dir or Path("multirun") / f"confirm-{args.study}-{stamp}"
-    commands = build_commands(trials, seeds=args.seeds, overrides=args.overrides, sweep_dir=sweep_dir,
-                              experiment=args.experiment, tracking_uri=args.tracking_uri)
-    for trial, command in zip(trials, commands):
+
+    jobs = [job_overrides(trial, fixed=fixed, client=client, args=args) for trial in trials]
+    commands = [build_command(trial.number, overrides, seeds=args.seeds, sweep_dir=sweep_dir)
+                for trial, overrides in zip(trials, jobs)]
+    for trial in trials:
         logger.info("Trial %d (value %s): %s", trial.number, trial.values, trial.params)
     if args.dry_run:
         print("\n".join(shlex.join(command) for command in commands))
         return 0
 
     failed = run_commands(commands)
-    tracking_uri = results_tracking_uri(args)
-    runs = confirmation_runs(load_runs(tracking_uri, experiment=args.experiment),
+    tracking_uri, experiment = tracking_location(jobs[0])
+    runs = confirmation_runs(load_runs(tracking_uri, experiment=experiment),
                              [sweep_dir_of(command) for command in commands])
     if runs.empty:
-        raise ConfigError(f"no run of the reruns was found in experiment {args.experiment!r} at {tracking_uri!r}; "
+        raise ConfigError(f"no run of the reruns was found in experiment {experiment!r} at {tracking_uri!r}; "
                           "pass the --tracking-uri that the harness writes to.")
 
     table = compare.comparison_table(runs, n_boot=args.n_boot)

@@ -26,6 +26,7 @@ from analysis.load import DRIFT_PREFIX, TIER_LR_PREFIX
 logger = logging.getLogger(__name__)
 
 ARTIFACT_PATH = "analysis"
+ROLES = ("baseline", "layerwise")
 # Learning curves get a legend only up to this many tier configs; colours repeat after 10.
 MAX_LEGEND_ENTRIES = 10
 
@@ -45,14 +46,15 @@ class PlotOutput:
 
 
 def finished(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs["status"] == "FINISHED"]
+    """Return the FINISHED baseline and layer-wise runs, without sweep parent runs."""
+    return runs[(runs["status"] == "FINISHED") & runs["role"].isin(ROLES)]
 
 
 def finished_with(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Return the FINISHED runs with a value for `metric`, raising PlotSkipped when no run logged it."""
     if metric not in runs:
         raise PlotSkipped(f"no run has {metric}")
-    return compare.finished_runs(runs, metric)
+    return finished(compare.finished_runs(runs, metric))
 
 
 def save(figure: Figure, path: Path) -> Path:
@@ -125,7 +127,7 @@ def plot_tier_lrs(runs: pd.DataFrame, path: Path, metric: str = "best_val_metric
     Frozen tiers (no learning rate or 0) leave a gap in the line.
     """
     usable = finished_with(runs, metric)
-    usable = usable[usable["role"] != "baseline"]
+    usable = usable[usable["role"] == "layerwise"]
     tier_columns = sorted(column for column in usable
                           if column.startswith(TIER_LR_PREFIX) and usable[column].gt(0).any())
     if not tier_columns:

@@ -5,6 +5,7 @@ docs/architecture.md, with metric values chosen so that every statistic can be c
 """
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from analysis import compare, confirm, plots, report
+from analysis import compare, confirm, overrides, plots, report
 from analysis.load import load_runs
 from harness.errors import ConfigError
 
@@ -81,6 +82,23 @@ def summary_metrics(value, trainable, train_time, drift):
     return metrics
 
 
+def config_yaml(spec) -> str:
+    """Return a resolved config.yaml with the tier node of a layer-wise config, as the harness logs it."""
+    lower = spec["lrs"]["lower"]
+    lrs = [0.0 if lower == "None" else float(lower), float(spec["lrs"]["upper"])]
+    return (
+        "seed: 0\n"
+        "tier:\n"
+        "  strategy: tiers\n"
+        f"  split: {spec['split']}\n"
+        f"  lrs: {lrs}\n"
+        "  lr: null\n"
+        f"  frozen: {'[bottom]' if lower == 'None' else 'null'}\n"
+        "  unfreeze: {unit: epoch, every: 1}\n"
+        "  names: null\n"
+    )
+
+
 def write_database(root: Path) -> dict:
     """Write the test runs and study under `root`; return URIs and run ids."""
     tracking_uri = f"sqlite:///{root}/mlruns.db"
@@ -89,7 +107,9 @@ def write_database(root: Path) -> dict:
     experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
     clock = iter(range(1_700_000_000_000, 1_800_000_000_000, 10_000))
 
-    parent_id = client.create_run(experiment_id, start_time=next(clock), tags={"sweep_id": "sweep-1"}).info.run_id
+    parent_tags = {"sweep_id": "sweep-1", "role": "sweep", "study_name": STUDY,
+                   "fixed_overrides": f"model=minilm_l6 task=sst2 train.epochs=3 sweep=split_and_lrs"}
+    parent_id = client.create_run(experiment_id, start_time=next(clock), tags=parent_tags).info.run_id
     baseline_ids = {}
     for seed, value in BASELINE_VALUES.items():
         baseline_ids[seed] = create_run(
@@ -110,38 +130,45 @@ def write_database(root: Path) -> dict:
                 "speedup": BASELINE_TIME / spec["train_time_s"],
             })
             params = {f"tier_lr.{name}": lr for name, lr in spec["lrs"].items()}
-            layerwise_ids[config, seed] = create_run(client, experiment_id, next(clock), tags, metrics, params)
+            run_id = create_run(client, experiment_id, next(clock), tags, metrics, params)
+            client.log_text(run_id, config_yaml(spec), "config.yaml")
+            layerwise_ids[config, seed] = run_id
 
     failed_tags = common_tags(3, CONFIG_A, "layerwise", "tiers", "2")
     failed_tags.update({"mlflow.parentRunId": parent_id, "error": "RuntimeError: out of memory"})
     failed_id = create_run(client, experiment_id, next(clock), failed_tags, {}, {}, status="FAILED")
     client.set_terminated(parent_id, "FINISHED")
 
-    write_study(storage, layerwise_ids)
+    write_study(storage, layerwise_ids, parent_id)
     return {
         "tracking_uri": tracking_uri, "storage": storage, "root": root, "parent_id": parent_id,
         "baseline_ids": baseline_ids, "layerwise_ids": layerwise_ids, "failed_id": failed_id,
     }
 
 
-def write_study(storage: str, layerwise_ids: dict) -> None:
-    """Write one COMPLETE trial per layer-wise run, plus one FAIL trial without a run."""
+def write_study(storage: str, layerwise_ids: dict, parent_id: str) -> None:
+    """Write one COMPLETE trial per layer-wise run, plus one FAIL trial without a run.
+
+    The params are named as the sweeper names them: `tier.split.<i>` and `tier.lrs.<i>`.
+    """
     study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize")
+    study.set_user_attr("mlflow_parent_run_id", parent_id)
     distributions = {
-        "tier.split": optuna.distributions.IntDistribution(1, 3),
-        "tier.lrs.upper": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
-        "tier.name": optuna.distributions.CategoricalDistribution(["6,10", "plain"]),
+        "tier.split.0": optuna.distributions.IntDistribution(1, 3),
+        "tier.lrs.0": optuna.distributions.FloatDistribution(1e-7, 1e-2, log=True),
+        "tier.lrs.1": optuna.distributions.FloatDistribution(1e-7, 1e-2, log=True),
     }
     for (config, seed), run_id in layerwise_ids.items():
         spec = LAYERWISE[config]
-        params = {"tier.split": int(spec["split"]), "tier.lrs.upper": float(spec["lrs"]["upper"]),
-                  "tier.name": "6,10" if config == CONFIG_C else "plain"}
+        lower = spec["lrs"]["lower"]
+        params = {"tier.split.0": int(spec["split"]), "tier.lrs.0": 1e-6 if lower == "None" else float(lower),
+                  "tier.lrs.1": float(spec["lrs"]["upper"])}
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=distributions, value=spec["values"][seed],
             user_attrs={"mlflow_run_id": run_id},
         ))
     study.add_trial(optuna.trial.create_trial(
-        params={"tier.split": 1}, distributions={"tier.split": distributions["tier.split"]},
+        params={"tier.split.0": 1}, distributions={"tier.split.0": distributions["tier.split.0"]},
         state=optuna.trial.TrialState.FAIL,
     ))
 
@@ -164,7 +191,7 @@ def test_load_experiment_one_row_per_run(runs, analysis_db):
     # 3 baselines + 8 layer-wise + 1 failed + the sweep parent.
     assert len(runs) == 13
     assert runs["run_id"].is_unique
-    assert set(runs["role"].dropna()) == {"baseline", "layerwise"}
+    assert set(runs["role"].dropna()) == {"baseline", "layerwise", "sweep"}
     assert runs.loc[runs["run_id"] == analysis_db["failed_id"], "status"].item() == "FAILED"
     assert runs.loc[runs["run_id"] == analysis_db["failed_id"], "error"].item() == "RuntimeError: out of memory"
 
@@ -502,7 +529,7 @@ def test_top_trials_distinct_best_first(analysis_db):
     trials = confirm.top_trials(study, 3)
     # Config C's three trials share params, so the next distinct configs are A (0.88) and B (0.85).
     assert [trial.value for trial in trials] == pytest.approx([0.90, 0.88, 0.85])
-    assert [trial.params["tier.split"] for trial in trials] == [3, 2, 1]
+    assert [trial.params["tier.split.0"] for trial in trials] == [3, 2, 1]
 
 
 def test_top_trials_invalid_objective(analysis_db):
@@ -516,37 +543,91 @@ def test_top_trials_invalid_objective(analysis_db):
     (1e-05, "tier.lr=1e-05"),
     (True, "flag=true"),
     (None, "tier.names=null"),
+    ([2, 4], "tier.split=[2,4]"),
+    ({"unit": "epoch", "every": 1}, "tier.unfreeze={unit:epoch,every:1}"),
     ("6,10", "tier.split='6,10'"),
     ("[6,10]", "tier.split=[6,10]"),
     ("it's a=b", "name='it\\'s a=b'"),
 ])
 def test_format_override(value, expected):
     key = expected.split("=", 1)[0]
-    assert confirm.format_override(key, value) == expected
+    assert overrides.format_override(key, value) == expected
+
+
+def test_trial_overrides_join_split_and_lrs():
+    params = {"tier.lrs.1": 1e-4, "tier.lrs.0": 2e-5, "tier.lrs.2": 3e-4, "tier.split.1": 4, "tier.split.0": 2,
+              "train.warmup_ratio": 0.1}
+    assert overrides.trial_overrides(params) == [
+        "train.warmup_ratio=0.1", "tier.lrs=[2e-05,0.0001,0.0003]", "tier.split=[2,4]"]
+
+
+def test_merge_overrides_later_wins():
+    merged = overrides.merge_overrides(["task=sst2", "tier.split=4"], ["tier.split=[2]"], ["+extra=1", "task=trec"])
+    assert merged == ["tier.split=[2]", "+extra=1", "task=trec"]
+
+
+def test_tier_overrides_from_config_yaml(analysis_db):
+    client = MlflowClient(analysis_db["tracking_uri"])
+    pinned = overrides.tier_overrides(client, analysis_db["layerwise_ids"][CONFIG_B, 0])
+    assert pinned == [
+        "tier.strategy=tiers", "tier.split=1", "tier.lrs=[0.0,0.0001]", "tier.lr=null", "tier.frozen=[bottom]",
+        "tier.unfreeze={unit:epoch,every:1}", "tier.names=null",
+    ]
+
+
+def test_tier_overrides_without_config_yaml(analysis_db):
+    client = MlflowClient(analysis_db["tracking_uri"])
+    assert overrides.tier_overrides(client, analysis_db["baseline_ids"][0]) == []
+    assert overrides.tier_overrides(client, None) == []
+
+
+def test_sweep_fixed_overrides_drop_sweep(analysis_db):
+    client = MlflowClient(analysis_db["tracking_uri"])
+    study = optuna.load_study(study_name=STUDY, storage=analysis_db["storage"])
+    assert overrides.sweep_fixed_overrides(client, study) == ["model=minilm_l6", "task=sst2", "train.epochs=3"]
 
 
 def test_confirm_dry_run_prints_commands(analysis_db, tmp_path):
     result = run_module("analysis.confirm", [
         "--study", STUDY, "--storage", analysis_db["storage"], "--top-k", "2", "--seeds", "5", "--dry-run",
-        "--sweep-dir", str(tmp_path / "sweeps"), "--experiment", "confirm", "model=minilm_l6", "task=sst2",
-    ])
+        "--tracking-uri", analysis_db["tracking_uri"], "--sweep-dir", str(tmp_path / "sweeps"),
+        "--experiment", "confirm", "train.epochs=1",
+    ], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
-    best = lines[0].split()
+    best = shlex.split(lines[0])
     assert best[1:5] == ["-m", "harness.run", "-m", "seed=0,1,2,3,4"]
     assert f"hydra.sweep.dir={tmp_path / 'sweeps' / 'trial-5'}" in best
+    assert f"tracking.uri={analysis_db['tracking_uri']}" in best
     assert "tracking.experiment=confirm" in best
-    assert {"model=minilm_l6", "task=sst2", "tier.split=3", "tier.lrs.upper=0.001"} <= set(best)
-    assert "'tier.name='\"'\"'6,10'\"'\"''" in lines[0]
-    assert "tier.split=2" in lines[1].split()
+    # Fixed overrides of the sweep, without sweep=..., and the positional override replacing train.epochs=3.
+    assert {"model=minilm_l6", "task=sst2", "train.epochs=1"} <= set(best)
+    assert not any(item.startswith(("sweep=", "train.epochs=3")) for item in best)
+    # The tier spec pinned from config.yaml, then the trial params joined into lists.
+    assert {"tier.strategy=tiers", "tier.frozen=null", "tier.split=[3]", "tier.lrs=[1e-05,0.001]"} <= set(best)
+    assert not any(item == "tier.split=3" for item in best)
+    assert "tier.split=[2]" in shlex.split(lines[1])
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_confirm_dry_run_without_store(analysis_db, tmp_path):
+    result = run_module("analysis.confirm", ["--study", STUDY, "--storage", analysis_db["storage"], "--top-k", "1",
+                                             "--dry-run", "model=minilm_l6"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Not reading the sweep's runs" in result.stderr
+
+    command = shlex.split(result.stdout.strip())
+    assert "model=minilm_l6" in command
+    assert "tier.split=[3]" in command
+    assert not any(item.startswith("tier.strategy=") for item in command)
+    assert not (tmp_path / "mlruns.db").exists()
 
 
 @pytest.mark.parametrize("override, fragment", [
     ("seed=3", "--seeds"),
-    ("tier.split=4", "which the study's trials set"),
+    ("tier.split=[4]", "which the study's trials set"),
     ("task", "key=value"),
 ])
 def test_confirm_rejects_overrides(analysis_db, capsys, override, fragment):
@@ -557,34 +638,36 @@ def test_confirm_rejects_overrides(analysis_db, capsys, override, fragment):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REPO_ROOT / "harness" / "run.py").exists(), reason="harness/run.py is not written yet")
-def test_confirm_reruns_top_trial(tmp_path, tiny_model_dir, tiny_task_dir):
+def test_confirm_reruns_best_sweep_trial(tmp_path, tiny_model_dir, tiny_task_dir):
     from conftest import tiny_overrides
 
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    study = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
-    for split, value in ((1, 0.6), (3, 0.7)):
-        study.add_trial(optuna.trial.create_trial(
-            params={"tier.split": split}, distributions={"tier.split": optuna.distributions.IntDistribution(1, 3)},
-            value=value,
-        ))
-    fixed = [item for item in tiny_overrides(tiny_model_dir, tiny_task_dir, tmp_path)
-             if confirm.override_key(item) not in ("tier.split", "hydra.sweep.dir")]
-    fixed = [item.replace("train.epochs=2", "train.epochs=1") for item in fixed]
+    base = [item for item in tiny_overrides(tiny_model_dir, tiny_task_dir, tmp_path)
+            if overrides.override_key(item) not in ("tier", "tier.split", "train.epochs")]
+    sweep = run_module("harness.run", [
+        "-m", "sweep=split_and_lrs", "hydra.sweeper.n_trials=1", "hydra.sweeper.tiers.split.count=1",
+        "hydra.sweeper.study_name=tiny", "train.epochs=1", *base,
+    ], cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-5000:]
+
+    tracking_uri = f"sqlite:///{tmp_path}/mlruns.db"
+    swept = load_runs(tracking_uri, study_name="tiny", storage=f"sqlite:///{tmp_path}/optuna.db")
+    best = swept[swept["role"] == "layerwise"].iloc[0]
 
     result = run_module("analysis.confirm", [
-        "--study", "tiny", "--storage", storage, "--top-k", "1", "--seeds", "2", "--n-boot", "200",
-        "--sweep-dir", str(tmp_path / "confirm"), "--out", str(tmp_path / "report"), *fixed,
+        "--study", "tiny", "--storage", f"sqlite:///{tmp_path}/optuna.db", "--top-k", "1", "--seeds", "2",
+        "--n-boot", "200", "--sweep-dir", str(tmp_path / "confirm"), "--out", str(tmp_path / "report"),
     ], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-5000:]
-    assert "tiers split=3" in result.stdout
+    assert best["tier_config"] in result.stdout
 
-    runs = load_runs(f"sqlite:///{tmp_path}/mlruns.db", experiment="layerwise")
-    layerwise = runs[runs["role"] == "layerwise"]
+    runs = load_runs(tracking_uri, experiment="layerwise")
+    reruns = runs[runs["sweep_id"] == str(tmp_path / "confirm" / f"trial-{best['trial_number']}")]
+    layerwise = reruns[reruns["role"] == "layerwise"]
     assert sorted(layerwise["seed"]) == [0, 1]
-    assert set(layerwise["split"]) == {"3"}
-    assert (layerwise["sweep_id"] == str(tmp_path / "confirm" / "trial-1")).all()
-    assert sorted(runs.loc[runs["role"] == "baseline", "seed"]) == [0, 1]
+    assert set(layerwise["tier_config"]) == {best["tier_config"]}
+    # Seed 0 reuses the sweep's baseline, and seed 1 gets a new one.
+    assert layerwise.loc[layerwise["seed"] == 0, "baseline_run_id"].item() == best["baseline_run_id"]
+    assert list(reruns.loc[reruns["role"] == "baseline", "seed"]) == [1]
     assert (tmp_path / "report" / "report.md").exists()
 
 
