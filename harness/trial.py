@@ -9,9 +9,11 @@ process boundary. The sweeper and the jobs share `open_storage` and `build_prune
 """
 
 import logging
+import time
 import warnings
 
 import optuna
+import sqlalchemy.exc
 
 from harness.errors import ConfigError
 
@@ -22,6 +24,10 @@ logger = logging.getLogger(__name__)
 PRUNER_ATTR = "harness_pruner"
 # Trial user attribute with the MLflow run id of the trial's job.
 RUN_ID_ATTR = "mlflow_run_id"
+
+# Attempts and wait between them when workers race to create the schema of an empty database.
+SCHEMA_ATTEMPTS = 3
+SCHEMA_RETRY_S = 2.0
 
 PRUNERS = {
     "median": optuna.pruners.MedianPruner,
@@ -54,12 +60,22 @@ def open_storage(storage_url: str, heartbeat_interval=None, grace_period=None, s
         retry = None
         if stale_trial_retries is not None:
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=stale_trial_retries)
-        return optuna.storages.RDBStorage(
-            storage_url,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=retry,
-        )
+        for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+            try:
+                return optuna.storages.RDBStorage(
+                    storage_url,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=retry,
+                )
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
+                # Workers that start together on an empty database race to create Optuna's
+                # tables and types (PostgreSQL raises a unique violation for the loser), so
+                # the loser waits for the winner and opens the storage again.
+                if attempt == SCHEMA_ATTEMPTS:
+                    raise
+                logger.info("Creating the Optuna schema raced with another worker (%s); retrying", type(error).__name__)
+                time.sleep(SCHEMA_RETRY_S)
 
 
 def build_pruner(name, options=None):

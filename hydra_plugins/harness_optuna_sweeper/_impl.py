@@ -65,7 +65,7 @@ class OptunaSweep:
         self.sweeper = sweeper
         self.arguments = list(arguments)
         self.settings = {key: _to_plain(value) for key, value in sweeper.settings.items()}
-        for key in ("params", "sampler_options", "pruner_options"):
+        for key in ("params", "tiers", "sampler_options", "pruner_options"):
             self.settings[key] = self.settings[key] or {}
         self.in_flight: list[InFlight] = []
         self.failures = 0

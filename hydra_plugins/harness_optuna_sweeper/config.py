@@ -65,7 +65,7 @@ class HarnessOptunaSweeperConf:
     # Search over the tier plan of `tier.strategy: tiers` (see docs/sweeps.md):
     # split: {count: K, low: 1, high: null}: K strictly ascending split points (high null: L - 1);
     # lrs: {low: ..., high: ..., log: true, monotone: false} or {choices: [...]}: one lr per tier.
-    tiers: Optional[Dict[str, Any]] = None
+    tiers: Dict[str, Any] = field(default_factory=dict)
 
 
 def register_configs() -> None:

@@ -2,8 +2,8 @@
 
 It follows harness.run's trial contract: it reports each epoch's validation metric through
 TrialReporter, opens an MLflow child run of the sweep's parent, and returns a dict of
-summary metrics. Config switches make chosen trial numbers raise, return NaN, or SIGKILL
-their own process.
+summary metrics. Config switches make chosen trial numbers raise, return NaN, stop as on
+Ctrl-C, or SIGKILL their own process.
 """
 
 import os
@@ -39,6 +39,8 @@ def main(cfg: DictConfig) -> dict:
         for epoch in range(1, cfg.epochs + 1):
             if number in cfg.kill_trials and epoch == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if number in cfg.interrupt_trials and epoch == 2:
+                raise KeyboardInterrupt
             if number in cfg.fail_trials:
                 raise RuntimeError(f"toy failure in trial {number}")
             time.sleep(cfg.epoch_sleep_s)
