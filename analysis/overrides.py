@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 INDEXED_PARAM = re.compile(r"(tier\.split|tier\.lrs)\.(\d+)")
 # Study user attribute that the sweeper sets to its MLflow parent run id.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
-# Fixed overrides of a sweep that a rerun must not repeat: `sweep` selects the Optuna sweeper,
-# and `optuna_trial.*` connects a job to a trial.
+# Fixed overrides of a sweep that a rerun must not repeat. `sweep` and `hydra/sweeper` select the
+# Optuna sweeper, `hydra.*` would replace the rerun's sweep directory, and `optuna_trial.*`
+# connects a job to a trial.
 SWEEP_ONLY_KEYS = re.compile(r"sweep|optuna_trial(\..*)?|hydra/sweeper|hydra\..*")
 
 
@@ -136,7 +137,7 @@ def tier_overrides(client: MlflowClient, run_id: str | None) -> list[str]:
 
 
 def merge_overrides(*layers: list[str]) -> list[str]:
-    """Merge override lists in order; an override replaces an earlier one with the same key."""
+    """Merge override lists in order, so that an override replaces an earlier one with the same key."""
     merged: dict[str, str] = {}
     for layer in layers:
         for override in layer:
