@@ -86,7 +86,7 @@ class SearchSpace:
         for param in self.params:
             if not _has_key(job_cfg, param.key):
                 raise ConfigError(
-                    f"hydra.sweeper.params: {param.key!r} is not a key of the job config. "
+                    f"Search space key {param.key!r} is not a key of the job config. "
                     "Check the spelling against `python -m harness.run --cfg job`."
                 )
         if self.split is not None or self.lrs is not None:

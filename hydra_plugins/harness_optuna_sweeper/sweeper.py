@@ -1,6 +1,13 @@
 """The `harness_optuna` Hydra sweeper: asks Optuna for trials and runs them with the configured launcher."""
 
+import logging
+import sys
+
 from hydra.plugins.sweeper import Sweeper
+
+from harness.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 class HarnessOptunaSweeper(Sweeper):
@@ -26,4 +33,9 @@ class HarnessOptunaSweeper(Sweeper):
         # start-up, which imports this module to discover plugins.
         from hydra_plugins.harness_optuna_sweeper._impl import OptunaSweep
 
-        return OptunaSweep(self, arguments).run()
+        try:
+            return OptunaSweep(self, arguments).run()
+        except ConfigError as error:
+            # The same exit status as an invalid single run of harness.run.
+            logger.error("Invalid sweep config: %s", error)
+            sys.exit(2)
