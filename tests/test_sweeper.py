@@ -4,13 +4,19 @@ import json
 import time
 
 import pytest
-from sweep_app.runner import load_study, mlflow_runs, output_of, read_results, run_toy, states
+from sweep_app.runner import load_study, mlflow_runs, output_of, prepare_mlflow, read_results, run_toy, states
 
 from harness.trial import RUN_ID_ATTR
 
 
 def sqlite_url(folder) -> str:
     return f"sqlite:///{folder}/optuna.db"
+
+
+@pytest.fixture
+def tmp_path(tmp_path):
+    """A fresh folder with an empty MLflow database, so that each sweep skips MLflow's schema set-up."""
+    return prepare_mlflow(tmp_path)
 
 
 def test_tpe_sweep_prunes_and_records_runs(tmp_path):
