@@ -6,7 +6,7 @@ import time
 import pytest
 from sweep_app.runner import load_study, mlflow_runs, output_of, prepare_mlflow, read_results, run_toy, states
 
-from harness.trial import RUN_ID_ATTR
+from harness.trial import RUN_ID_ATTR, open_storage
 
 
 def sqlite_url(folder) -> str:
@@ -219,3 +219,21 @@ def test_bad_split_range_fails_before_any_trial(tmp_path):
     assert result.returncode != 0
     assert "4 strictly ascending split points cannot fit in 1..3 (the model has 4 blocks)" in output_of(result)
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_joblib_launcher_runs_batches_in_parallel(tmp_path):
+    result = run_toy(
+        tmp_path,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.storage=optuna.journal",
+    )
+    assert result.returncode == 0, output_of(result)[-3000:]
+
+    study = load_study(open_storage(str(tmp_path / "optuna.journal")))
+    counts = states(study)
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 4
+    assert all(RUN_ID_ATTR in trial.user_attrs for trial in study.get_trials())
+    assert "Joblib.Parallel(n_jobs=2" in output_of(result)

@@ -55,8 +55,8 @@ def output_of(result: subprocess.CompletedProcess) -> str:
     return result.stdout + result.stderr
 
 
-def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
-    """Load the study; without a name, the only study in the storage."""
+def load_study(storage, study_name: str | None = None) -> optuna.Study:
+    """Load the study from a storage URL or object; without a name, the only study in the storage."""
     if study_name is None:
         names = optuna.get_all_study_names(storage)
         assert len(names) == 1, names
