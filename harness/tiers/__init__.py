@@ -9,10 +9,12 @@ See `discovery` for the depth rules and `spec` for the tier config keys.
 
 from harness.tiers.discovery import BlockStack, ModelDepths, map_depths
 from harness.tiers.plan import TierPlan, TierRow, build_plan, param_groups
+from harness.tiers.prefix import FrozenPrefix
 from harness.tiers.spec import Tier, TierSpec, parse_spec
 
 __all__ = [
     "BlockStack",
+    "FrozenPrefix",
     "ModelDepths",
     "Tier",
     "TierPlan",

@@ -81,6 +81,11 @@ class TierPlan:
         return {tier.name: tier.lr for tier in self.tiers}
 
     @property
+    def stacks(self) -> list:
+        """The block stacks of the model, in depth order (see `harness.tiers.discovery`)."""
+        return self._stacks
+
+    @property
     def frozen_prefix_depth(self) -> int | None:
         """Highest depth d such that depths 0..d stay frozen for the whole run, or None."""
         depth = None
