@@ -3,8 +3,8 @@
 The Optuna sweeper (`hydra_plugins/harness_optuna_sweeper`) creates each trial in a shared
 Optuna storage and passes its job `optuna_trial.storage`, `optuna_trial.study_name` and
 `optuna_trial.number`. The job loads the study from that storage, reports the validation
-metric after each evaluation and raises `optuna.TrialPruned` when the study's pruner says
-so. This works with any Hydra launcher, because nothing but the storage URL crosses the
+metric after each evaluation and raises `optuna.TrialPruned` when the study's pruner
+decides to prune. This works with any Hydra launcher, because nothing but the storage URL crosses the
 process boundary. The sweeper and the jobs share `open_storage` and `build_pruner`.
 """
 
@@ -97,7 +97,7 @@ def build_pruner(name, options=None):
 
 
 class TrialReporter:
-    """Reports a job's validation metric to its Optuna trial and raises `TrialPruned` when told to."""
+    """Reports a job's validation metric to its Optuna trial and raises `TrialPruned` when the pruner decides to prune."""
 
     def __init__(self, trial: optuna.trial.Trial):
         self.trial = trial
@@ -126,7 +126,7 @@ class TrialReporter:
         return cls(optuna.trial.Trial(study, trial_id))
 
     def report(self, value: float, epoch: int) -> None:
-        """Report the validation metric of one epoch; raise `optuna.TrialPruned` if the pruner says so."""
+        """Report the validation metric of one epoch; raise `optuna.TrialPruned` if the pruner decides to prune."""
         if self.multi_objective:
             # Optuna cannot prune multi-objective studies, and Trial.report raises there.
             return

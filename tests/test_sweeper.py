@@ -202,7 +202,8 @@ def test_tiers_split_points_ascend_within_model(tmp_path):
         split = [trial.params[f"tier.split.{index}"] for index in range(3)]
         lrs = [trial.params[f"tier.lrs.{index}"] for index in range(4)]
         assert split == sorted(set(split)), split
-        assert 1 <= split[0] and split[-1] <= 4, split
+        assert split[0] >= 1, split
+        assert split[-1] <= 4, split
         assert lrs == sorted(lrs), lrs
         assert trial.user_attrs[RUN_ID_ATTR]
 

@@ -59,7 +59,7 @@ def test_tier_lrs_sweep_links_runs_and_reruns_best(tiny_model_dir, tiny_task_dir
 
 
 @pytest.mark.postgres
-def test_workers_on_postgres_make_one_child_run_per_trial(tiny_model_dir, tiny_task_dir, tmp_path):
+def test_postgres_workers_one_child_each(tiny_model_dir, tiny_task_dir, tmp_path):
     url = os.environ.get("HARNESS_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("HARNESS_TEST_POSTGRES_URL is unset; .ci/run starts PostgreSQL and sets it")
@@ -83,13 +83,13 @@ def test_workers_on_postgres_make_one_child_run_per_trial(tiny_model_dir, tiny_t
 
     study = optuna.load_study(study_name=study_name, storage=url)
     try:
-        kept = [trial for trial in study.get_trials() if trial.state.name in ("COMPLETE", "PRUNED")]
-        assert len(kept) == 3
+        budget_trials = [trial for trial in study.get_trials() if trial.state.name in ("COMPLETE", "PRUNED")]
+        assert len(budget_trials) == 3
         runs = mlflow_runs(tmp_path, "layerwise")
         parents = [run for run in runs if run.data.tags.get("role") == "sweep"]
         assert len(parents) == 1
         children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-        assert sorted(run.data.tags["trial_number"] for run in children) == sorted(str(trial.number) for trial in kept)
+        assert sorted(run.data.tags["trial_number"] for run in children) == sorted(str(trial.number) for trial in budget_trials)
         assert len([run for run in runs if run.data.tags.get("role") == "baseline"]) == 1
     finally:
         optuna.delete_study(study_name=study_name, storage=url)

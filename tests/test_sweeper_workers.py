@@ -48,10 +48,10 @@ def test_workers_share_budget_exactly(tmp_path, storage):
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     try:
         trials = study.get_trials()
-        kept = [trial for trial in trials if trial.state.name in ("COMPLETE", "PRUNED")]
+        budget_trials = [trial for trial in trials if trial.state.name in ("COMPLETE", "PRUNED")]
         rejected = [trial for trial in trials if trial.state.name == "FAIL"]
-        assert len(kept) == N_TRIALS
-        assert len(kept) + len(rejected) == len(trials)
+        assert len(budget_trials) == N_TRIALS
+        assert len(budget_trials) + len(rejected) == len(trials)
         assert all(trial.user_attrs["fail_reason"] == OVER_BUDGET_REASON for trial in rejected)
         assert len({trial.number for trial in trials}) == len(trials)
         assert sum(" COMPLETE: " in line for output in outputs for line in output.splitlines()) == N_TRIALS
@@ -60,10 +60,10 @@ def test_workers_share_budget_exactly(tmp_path, storage):
         parents = [run for run in runs if run.data.tags.get("role") == "sweep"]
         assert len(parents) == 1
         children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-        assert sorted(int(run.data.tags["trial_number"]) for run in children) == sorted(trial.number for trial in kept)
-        assert {run.info.run_id for run in children} == {trial.user_attrs[RUN_ID_ATTR] for trial in kept}
+        assert sorted(int(run.data.tags["trial_number"]) for run in children) == sorted(trial.number for trial in budget_trials)
+        assert {run.info.run_id for run in children} == {trial.user_attrs[RUN_ID_ATTR] for trial in budget_trials}
 
         folders = sorted(int(path.name) for path in (tmp_path / "multirun").iterdir() if path.is_dir())
-        assert folders == sorted(trial.number for trial in kept)
+        assert folders == sorted(trial.number for trial in budget_trials)
     finally:
         optuna.delete_study(study_name=study_name, storage=open_storage(storage))

@@ -242,8 +242,8 @@ class OptunaSweep:
             self.sweeper.validate_batch_is_legal(jobs)
             returns = self.sweeper.launcher.launch(jobs, initial_job_idx=batch[0].trial.number)
         except Exception as error:
-            # A sampled value that Hydra rejects, or a launcher that lost a job (a dead SLURM
-            # node), fails the whole batch; the sweep goes on and max_failures bounds it.
+            # A sampled value that Hydra rejects fails the whole batch, and so does a launcher
+            # that lost a job (a dead SLURM node). The sweep goes on, bounded by max_failures.
             logger.exception("Launching trials %s failed", [item.trial.number for item in batch])
             returns = [error] * len(batch)
 
@@ -261,7 +261,7 @@ class OptunaSweep:
             error = job_return._return_value
             if isinstance(error, optuna.TrialPruned):
                 return TrialState.PRUNED, None, None
-            # Any error of the job, a CUDA out-of-memory error included, fails only its trial.
+            # A job's exception (a CUDA out-of-memory error too) fails only its own trial.
             return TrialState.FAIL, None, f"{type(error).__name__}: {error}"
 
         result = job_return.return_value
@@ -287,10 +287,12 @@ class OptunaSweep:
             self.in_flight.remove(item)
 
         tag_trial_state(finished.user_attrs.get(RUN_ID_ATTR), finished.state.name)
+        if finished.state != state:
+            reason = f"another worker finished the trial as {finished.state.name} first"
         state = finished.state
         if state == TrialState.COMPLETE:
-            shown = ", ".join(f"{name}={value:.4g}" for name, value in zip(self.settings["objectives"], values))
-            logger.info("Trial %d COMPLETE: %s | %s", trial.number, shown, " ".join(item.overrides))
+            objective_text = ", ".join(f"{name}={value:.4g}" for name, value in zip(self.settings["objectives"], values))
+            logger.info("Trial %d COMPLETE: %s | %s", trial.number, objective_text, " ".join(item.overrides))
         elif state == TrialState.PRUNED:
             logger.info("Trial %d PRUNED | %s", trial.number, " ".join(item.overrides))
         else:

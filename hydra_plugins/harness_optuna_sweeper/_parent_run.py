@@ -1,7 +1,7 @@
 """The MLflow parent run of a study: one per study, shared by its workers, with the best trial at the end.
 
 Each trial's job opens its own run as a child (`optuna_trial.parent_run_id`). The sweeper
-uses MlflowClient only and never holds an active run, so jobs that run in the sweeper's
+uses MlflowClient only and never starts an active run, so jobs that run in the sweeper's
 process (Hydra's basic launcher) can start theirs.
 """
 

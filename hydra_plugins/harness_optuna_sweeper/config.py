@@ -34,8 +34,8 @@ class HarnessOptunaSweeperConf:
     # Optuna RDB URL (sqlite:///..., postgresql+psycopg://..., mysql+pymysql://...) or a journal
     # file path such as optuna.journal. Relative paths are taken from the launch directory.
     storage: Optional[str] = None
-    # null: `<sweep config name>-<hash of the fixed overrides and the search space>`, so that
-    # rerunning the same command resumes the same study.
+    # null: `<sweep config name>-<hash of the fixed overrides, search space, objectives and
+    # directions>`, so that rerunning the same command resumes the same study.
     study_name: Optional[str] = None
 
     # tpe, random, grid, cmaes or nsga2.
