@@ -7,6 +7,7 @@ raised, returned a non-finite objective, or was lost by the launcher.
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -73,40 +74,16 @@ class OptunaSweep:
 
     def run(self):
         """Run trials until the study's budget is used up or max_failures stops this worker."""
-        settings = self.settings
-        directions = check_settings(settings)
-        config_loader = self.sweeper.hydra_context.config_loader
-        parser = OverridesParser.create(config_loader=config_loader)
-        space = parse_search_space(settings["params"], settings["tiers"], self.arguments, parser)
-        job_cfg = config_loader.load_sweep_config(master_config=self.sweeper.config, sweep_overrides=list(space.fixed))
-        # Keys such as tracking.root read `${hydra:runtime.cwd}`, which needs the Hydra config set,
-        # as launchers set it for each job.
-        HydraConfig.instance().set_config(job_cfg)
-        space.validate(job_cfg, lambda: count_blocks(job_cfg.model))
-
-        n_trials = settings["n_trials"]
-        grid = None
-        if settings["sampler"] == "grid":
-            grid = space.grid()
-            n_trials = _clamp_to_grid(n_trials, grid)
+        directions, space, job_cfg, n_trials, grid = self._validate()
 
         storage_url = self._storage_url(job_cfg)
-        study_name = settings["study_name"] or self._default_study_name(space, directions)
+        study_name = self.settings["study_name"] or self._default_study_name(space, directions)
         study, created = self._open_study(storage_url, study_name, directions, grid)
 
         experiment_id = tracking.start_tracking(job_cfg.tracking)
         tags = self._parent_tags(study_name, storage_url, space, n_trials, directions)
         parent_run_id = open_parent_run(study, created, experiment_id, tags)
-
-        def trial_overrides(number):
-            return [
-                f"optuna_trial.storage={format_value(storage_url)}",
-                f"optuna_trial.study_name={format_value(study_name)}",
-                f"optuna_trial.number={number}",
-                f"optuna_trial.parent_run_id={format_value(parent_run_id)}",
-                # One job folder per trial number, unique across workers and resumes.
-                f"hydra.sweep.subdir={number}",
-            ]
+        trial_overrides = functools.partial(self._trial_overrides, storage_url, study_name, parent_run_id)
 
         try:
             stopped = self._run_trials(study, space, n_trials, trial_overrides)
@@ -120,6 +97,39 @@ class OptunaSweep:
             finish_parent_run(parent_run_id, RunStatus.FAILED)
             sys.exit(1)
         finish_parent_run(parent_run_id, RunStatus.FINISHED)
+
+    def _validate(self):
+        """Check settings and search space against the composed job config; raise ConfigError before any trial."""
+        settings = self.settings
+        directions = check_settings(settings)
+        config_loader = self.sweeper.hydra_context.config_loader
+        parser = OverridesParser.create(config_loader=config_loader)
+        space = parse_search_space(settings["params"], settings["tiers"], self.arguments, parser)
+
+        job_cfg = config_loader.load_sweep_config(master_config=self.sweeper.config, sweep_overrides=list(space.fixed))
+        # Keys such as tracking.root read `${hydra:runtime.cwd}`, which needs the Hydra config set,
+        # as launchers set it for each job.
+        HydraConfig.instance().set_config(job_cfg)
+        space.validate(job_cfg, lambda: count_blocks(job_cfg.model))
+
+        n_trials = settings["n_trials"]
+        grid = None
+        if settings["sampler"] == "grid":
+            grid = space.grid()
+            n_trials = _clamp_to_grid(n_trials, grid)
+        return directions, space, job_cfg, n_trials, grid
+
+    @staticmethod
+    def _trial_overrides(storage_url: str, study_name: str, parent_run_id: str, number: int) -> list[str]:
+        """Return the overrides that connect a job to its trial and its MLflow parent run."""
+        return [
+            f"optuna_trial.storage={format_value(storage_url)}",
+            f"optuna_trial.study_name={format_value(study_name)}",
+            f"optuna_trial.number={number}",
+            f"optuna_trial.parent_run_id={format_value(parent_run_id)}",
+            # One job folder per trial number, unique across workers and resumes.
+            f"hydra.sweep.subdir={number}",
+        ]
 
     def _storage_url(self, job_cfg) -> str:
         storage = self.settings["storage"]

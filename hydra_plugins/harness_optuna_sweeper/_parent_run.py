@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 # Study user attribute with the parent run id, written by the worker that created the study.
 PARENT_ATTR = "mlflow_parent_run_id"
 # How long a worker that did not create the study waits for its creator to record the parent run.
-PARENT_WAIT_S = 30.0
+PARENT_WAIT_S = 60.0
 PARENT_POLL_S = 0.5
 # Prefix of the parent's metrics copied from the best trial's run.
 BEST_PREFIX = "best."
@@ -41,6 +41,9 @@ def open_parent_run(study, created: bool, experiment_id: str, tags: dict) -> str
 
 
 def _wait_for_parent(study) -> str | None:
+    # NOTE: if the worker that created the study died before it recorded the parent run,
+    # every later worker waits PARENT_WAIT_S once, and workers that start together may then
+    # each create a parent run.
     deadline = time.monotonic() + PARENT_WAIT_S
     while True:
         run_id = study.user_attrs.get(PARENT_ATTR)
