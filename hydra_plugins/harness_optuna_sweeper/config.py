@@ -12,6 +12,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 # The repository's sweeps/ folder: one search space per file, used as `sweep=<file stem>`.
+# NOTE: a non-editable install has no sweeps/ folder here, so `sweep=` then finds only the
+# configs in a `sweep/` folder of the config search path (conf/sweep/ or --config-dir).
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
 
