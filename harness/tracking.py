@@ -1,12 +1,14 @@
 """MLflow tracking: where runs go, and what each run records (params, tags, metrics, artifacts)."""
 
 import logging
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 
 from harness.errors import ConfigError
@@ -16,6 +18,13 @@ logger = logging.getLogger(__name__)
 # MLflow rejects param values longer than this; longer values live in config.yaml.
 MAX_PARAM_LENGTH = 6000
 METRIC_NAMES = ("accuracy", "macro_f1", "mcc", "loss")
+# The password of a URL such as postgresql://user:password@host/db (a storage or tracking URI).
+URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+(?=@)")
+
+
+def mask_passwords(text: str) -> str:
+    """Replace the password of every URL in `text` with `***`, so params and artifacts leak none."""
+    return URL_PASSWORD.sub(r"\g<head>***", text)
 
 
 def tracking_uri(tracking_cfg) -> str:
@@ -49,11 +58,23 @@ def start_tracking(tracking_cfg) -> str:
     mlflow.set_tracking_uri(tracking_uri(tracking_cfg))
     experiment = mlflow.get_experiment_by_name(tracking_cfg.experiment)
     if experiment is None:
-        experiment_id = mlflow.create_experiment(tracking_cfg.experiment, artifact_location=artifact_location)
+        experiment_id = _create_experiment(tracking_cfg.experiment, artifact_location)
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _create_experiment(name: str, artifact_location) -> str:
+    # Workers that start together on a fresh store race to create the experiment; the loser
+    # reads the winner's.
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def git_state() -> tuple[str, str]:
@@ -80,7 +101,7 @@ def flatten_config(cfg) -> dict:
             for key, value in node.items():
                 visit(f"{prefix}.{key}" if prefix else str(key), value)
             return
-        text = str(node)
+        text = mask_passwords(str(node))
         if len(text) > MAX_PARAM_LENGTH:
             text = text[: MAX_PARAM_LENGTH - 30] + "... (see config.yaml)"
         flat[prefix] = text
@@ -97,7 +118,7 @@ def log_setup(cfg, plan, data_summary: str) -> None:
     for start in range(0, len(items), 100):
         mlflow.log_params(dict(items[start:start + 100]))
 
-    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    mlflow.log_text(mask_passwords(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
     mlflow.log_text(plan.render(), "tier_table.txt")
     mlflow.log_text(plan.to_frame().to_csv(index=False), "tier_table.csv")
     mlflow.log_text(data_summary, "data_summary.txt")
