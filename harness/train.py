@@ -240,10 +240,6 @@ def evaluate(model, loader, device, forward=None, split="validation") -> dict:
     return metrics
 
 
-def _snapshot(model) -> dict:
-    return {name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters()}
-
-
 def _snapshot_trained(model, plan) -> dict:
     # Every tensor in a param group, including tiers that gradual unfreezing has not reached yet.
     in_groups = {id(param) for group in plan.param_groups for param in group["params"]}
@@ -255,8 +251,9 @@ def weight_drift(model, initial: dict, param_depth: dict) -> dict:
     squared_change, squared_norm = {}, {}
     for name, param in model.named_parameters():
         depth = param_depth[name]
-        before = initial[name].float()
         after = param.detach().to("cpu").float()
+        # A tensor missing from `initial` stayed frozen for the whole run.
+        before = initial[name].float() if name in initial else after
         squared_change[depth] = squared_change.get(depth, 0.0) + (after - before).pow(2).sum().item()
         squared_norm[depth] = squared_norm.get(depth, 0.0) + before.pow(2).sum().item()
     return {
@@ -301,7 +298,8 @@ def train(model, plan, loaders, train_cfg, metric_name, on_evaluate=None, on_log
     device = pick_device(train_cfg.device)
     model.to(device)
     result = TrainResult()
-    initial = _snapshot(model)
+    # Frozen tensors never change, so only the trained ones are copied for the weight drift.
+    initial = _snapshot_trained(model, plan)
 
     # Optimizer and schedule: the scheduler multiplies each group's own lr, so tier ratios hold.
     # Fused AdamW runs on CUDA and on the CPU (torch >= 2.4).
