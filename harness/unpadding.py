@@ -1,11 +1,12 @@
 """Token unpadding: the `nn.Linear` layers of the block stacks compute only the real tokens of a batch.
 
-A dynamically padded batch still spends most of its matrix products on padding when lengths vary
-(SST-2 with batch size 32: about 13 real tokens per example, padded to about 40). Inside a
-transformer block every linear layer works token by token, so running it on the real tokens only
-and writing zeros at the padded positions leaves the real positions unchanged: attention masks
-padded keys, so nothing at a padded position reaches a real one, in the forward pass or in the
-gradients. Dropout and attention still see the padded shape, so random numbers are drawn as before.
+A dynamically padded batch still spends most of its matrix products on padding when lengths vary.
+On the SST-2 training set with the MiniLM tokenizer, random batches of 32 have 13 real tokens per
+example on average and are padded to 40. Inside a transformer block every linear layer works token
+by token, so it can run on the real tokens only and write zeros at the padded positions. The real
+positions keep their values, because attention masks the padded keys and so nothing at a padded
+position reaches a real one, in the forward pass or in the gradients. Dropout and attention still
+see the padded shape, so they draw the same random numbers as before.
 
 Layers whose input is not (batch, length, features) with the batch's attention mask shape, such as
 a pooler or a classifier, run as usual.
@@ -22,6 +23,7 @@ class TokenUnpadding:
     """Replace the forward of every `nn.Linear` inside the given modules until `remove()`."""
 
     def __init__(self, modules):
+        # NOTE: GPT-2 builds its blocks from transformers' Conv1D, not nn.Linear, so it gains nothing.
         self._linears = [m for module in modules for m in module.modules() if type(m) is nn.Linear]
         self._shape = None
         self._index = None
