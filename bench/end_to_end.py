@@ -127,7 +127,8 @@ def run_recipe(raw, device, epochs):
         data_collator=default_data_collator, optimizers=(optimizer, scheduler), compute_metrics=accuracy,
     )
     trainer.train()
-    return trainer.evaluate()["eval_accuracy"]
+    # The accuracy of the last per-epoch evaluation, so the recipe evaluates as often as the harness.
+    return [entry["eval_accuracy"] for entry in trainer.state.log_history if "eval_accuracy" in entry][-1]
 
 
 def main():

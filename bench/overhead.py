@@ -6,7 +6,7 @@
 - imports: cumulative seconds of the heaviest packages that `import harness.run` pulls in,
   from `python -X importtime`.
 - in process: seconds of the second tokenizer and model load of a multirun job (cached), against
-  the first.
+  the first and against a second load with the cache cleared.
 
     python bench/overhead.py            # the numbers in docs/benchmarks.md
     python bench/overhead.py --quick    # one dry run; its numbers mean little
@@ -67,11 +67,13 @@ def import_seconds() -> dict:
 
 
 def load_seconds() -> dict:
-    """Return the seconds of a first and a second tokenizer and model load in this process."""
+    """Return the seconds of a first load of the tokenizer and model, a cached second one, and one without the cache."""
     from harness import models
 
     seconds = {}
-    for attempt in ("first", "second"):
+    for attempt in ("first", "second", "second_without_cache"):
+        if attempt == "second_without_cache":
+            models.clear_cache()
         start = time.perf_counter()
         tokenizer = models.load_tokenizer(MODEL)
         models.load_model(MODEL, 2, ["negative", "positive"], tokenizer)
@@ -97,7 +99,8 @@ def main():
     if len(dry_runs) > 1:
         print(f"dry run, cached tokens: {spread(dry_runs[1:])} s wall, {spread(dry_run_cpu[1:])} s CPU")
     print("import seconds: " + ", ".join(f"{name} {value:.2f}" for name, value in sorted(imports.items(), key=lambda i: -i[1])))
-    print(f"tokenizer and model load in one process: first {loads['first']:.2f} s, second {loads['second']:.2f} s")
+    print(f"tokenizer and model load in one process: first {loads['first']:.2f} s, second {loads['second']:.2f} s, "
+          f"second without the cache {loads['second_without_cache']:.2f} s")
     print_result("overhead", {
         "dry_run_first_s": dry_runs[0], "dry_run_cached_s": median(dry_runs[1:]) if len(dry_runs) > 1 else None,
         "dry_run_cached_cpu_s": median(dry_run_cpu[1:]) if len(dry_runs) > 1 else None,

@@ -60,17 +60,26 @@ class CacheEntry:
         return hidden
 
     def store(self, indices: list[int], attention_mask: torch.Tensor, hidden_states: torch.Tensor) -> None:
-        """Store the real-token rows of `hidden_states`, the prefix output of a right-padded batch."""
+        """Store the real-token rows of `hidden_states`, the prefix output of a right-padded batch.
+
+        Examples stored before keep their values, so each example keeps those of the first batch
+        that held it, whatever ran in between.
+        """
         index = torch.tensor(indices, dtype=torch.long)
         mask = attention_mask.bool()
         counts = mask.sum(1).cpu()
         if not torch.equal(counts, self.lengths[index]):
             raise RuntimeError(
-                "activation cache: the attention mask does not match the tokenized lengths of the examples; "
-                "the loader and the dataset of this split disagree"
+                "activation cache: the attention mask does not match the tokenized lengths of the examples, "
+                "so the loader and the dataset of this split disagree"
             )
-        self.values[self._rows(index).to(self.values.device)] = hidden_states[mask].to(self.values.dtype)
-        self.filled[index] = True
+
+        new = ~self.filled[index]
+        if not bool(new.any()):
+            return
+        rows = hidden_states[new.to(mask.device)]
+        self.values[self._rows(index[new]).to(self.values.device)] = rows[mask[new.to(mask.device)]].to(self.values.dtype)
+        self.filled[index[new]] = True
 
 
 def prefix_key(model, prefix, param_depth: dict) -> str:

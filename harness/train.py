@@ -12,11 +12,11 @@ the result (docs/benchmarks.md has the measurements):
 
 import hashlib
 import logging
-from contextlib import nullcontext
 import math
 import resource
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -124,7 +124,7 @@ def _train_order_key(loader, group_by_length: bool) -> str:
     # only when their batches are the same: same batch size, sampler and generator state.
     state = loader.generator.get_state().numpy().tobytes() if loader.generator is not None else b"none"
     digest = hashlib.blake2b(state, digest_size=8).hexdigest()
-    return f"train-{loader.batch_size}-{'by-length' if group_by_length else 'random'}-{digest}"
+    return f"train-{loader.batch_size}-{'by-length' if group_by_length else 'loader-order'}-{digest}"
 
 
 def _eval_order_key(loader) -> str:
@@ -140,8 +140,9 @@ class ForwardPass:
         self.use_cache = _speed_setting(train_cfg, "activation_cache")
         self.max_cache_bytes = int(_speed_setting(train_cfg, "activation_cache_max_mb") * 2**20)
         self.unpad = _speed_setting(train_cfg, "unpad")
-        self._entries = {}
         self._prefix_key = None
+        self._pending = {}  # split -> (cache key, loader), until the split's first batch
+        self._entries = {}  # split -> CacheEntry, or None when the split runs uncached
 
         self.prefix, reason = FrozenPrefix.from_plan(model, plan)
         if self.prefix is None:
@@ -164,21 +165,20 @@ class ForwardPass:
     def cache_bytes(self) -> int:
         return sum(entry.num_bytes for entry in self._entries.values() if entry is not None)
 
-    def attach(self, name: str, loader, order_key: str) -> None:
+    def attach(self, split: str, loader, order_key: str) -> None:
         """Prepare the activation cache of one split; its entry is made at the split's first batch."""
-        if self._prefix_key is None or name in self._entries:
+        if self._prefix_key is None or split in self._pending or split in self._entries:
             return
         padding_side = getattr(getattr(loader.collate_fn, "tokenizer", None), "padding_side", "right")
         fingerprint = activation_cache.dataset_fingerprint(loader.dataset)
         if padding_side != "right" or fingerprint is None:
             logger.info(
                 "Activation cache off for the %s split: it needs right padding and a datasets fingerprint "
-                "(padding side %s, fingerprint %s)", name, padding_side, fingerprint,
+                "(padding side %s, fingerprint %s)", split, padding_side, fingerprint,
             )
-            self._entries[name] = None
+            self._entries[split] = None
             return
-        key = (self._prefix_key, fingerprint, order_key, self.unpad, str(self.device))
-        self._entries[name] = (key, loader)
+        self._pending[split] = ((self._prefix_key, fingerprint, order_key, self.unpad, str(self.device)), loader)
 
     def __call__(self, batch: dict, indices: list[int], split: str):
         mask = batch["attention_mask"]
@@ -186,26 +186,23 @@ class ForwardPass:
             if self.prefix is None:
                 return self.model(**batch)
 
-            entry = self._entry(split)
-            hidden = entry.lookup(indices, mask) if isinstance(entry, activation_cache.CacheEntry) else None
+            entry = self._entries.get(split)
+            hidden = entry.lookup(indices, mask) if entry is not None else None
             if hidden is None:
                 hidden = self.prefix.hidden_states(batch)
-                entry = self._entry(split, hidden)
+                entry = self._entries.get(split) if split not in self._pending else self._make_entry(split, hidden)
                 if entry is not None:
                     entry.store(indices, mask, hidden)
             with self.prefix.rest(hidden):
                 return self.model(**batch)
 
-    def _entry(self, split, hidden=None):
-        pending = self._entries.get(split)
-        if not isinstance(pending, tuple) or hidden is None:
-            return pending if isinstance(pending, activation_cache.CacheEntry) else None
-        key, loader = pending
-        entry = activation_cache.get_entry(
+    def _make_entry(self, split, hidden):
+        # The hidden size and dtype are known once the prefix has run.
+        key, loader = self._pending.pop(split)
+        self._entries[split] = activation_cache.get_entry(
             key, _lengths(loader.dataset), hidden.shape[-1], hidden.dtype, hidden.device, self.max_cache_bytes,
         )
-        self._entries[split] = entry
-        return entry
+        return self._entries[split]
 
 
 @torch.no_grad()

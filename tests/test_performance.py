@@ -127,6 +127,20 @@ def test_cache_lookup_misses_until_every_example_is_stored():
     assert torch.equal(restored[1, 2], torch.zeros(4))
 
 
+def test_cache_store_keeps_first_values():
+    entry = CacheEntry([2, 3], hidden_size=4, dtype=torch.float32, device=torch.device("cpu"))
+    first = right_padded([torch.tensor([5, 6])])
+    both = right_padded([torch.tensor([5, 6]), torch.tensor([7, 8, 9])])
+    first_hidden = torch.randn(1, 2, 4)
+    both_hidden = torch.randn(2, 3, 4)
+
+    entry.store([0], first["attention_mask"], first_hidden)
+    entry.store([0, 1], both["attention_mask"], both_hidden)
+    restored = entry.lookup([0, 1], both["attention_mask"])
+    assert torch.equal(restored[0, :2], first_hidden[0])
+    assert torch.equal(restored[1], both_hidden[1])
+
+
 def test_cache_entry_over_limit_is_not_made(caplog):
     activation_cache.clear()
     with caplog.at_level(logging.INFO, logger="harness.activation_cache"):
