@@ -1,8 +1,8 @@
 """Shared set-up of the benchmarks: device, threads, the SST-2 subset, MiniLM, train configs, timing.
 
-Timing: on the CPU the benchmarks run torch on one thread and report process CPU seconds, which
-other jobs on a shared machine change far less than wall-clock seconds; wall seconds are reported
-too. On CUDA they report wall seconds after `torch.cuda.synchronize()`.
+Timing: on the CPU the benchmarks run torch on one thread and report process CPU seconds, because
+other jobs on a shared machine change them far less than wall-clock seconds. Some scripts report
+wall seconds too. On CUDA they report wall seconds after `torch.cuda.synchronize()`.
 """
 
 import json
@@ -35,7 +35,9 @@ MAX_LENGTH = 128
 
 def setup_device(name: str, threads: int) -> torch.device:
     """Pick the device (`auto`: CUDA when present) and, on the CPU, the number of torch threads."""
-    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
     if device.type == "cpu":
         torch.set_num_threads(threads)
     return device

@@ -3,8 +3,8 @@
 Every configuration trains all-MiniLM-L6-v2 (6 blocks) on the same batches of an SST-2 subset
 (batch size 32, max length 128, dynamic padding, one fixed shuffled order). The repeats run the
 configurations in turn, so a slow spell of the machine hits all of them. Each repeat times one
-epoch of `--steps` steps, leaving out the first two steps (set-up, warm-up); the cached
-configuration trains two epochs and times the second.
+epoch of `--steps` steps and leaves out the first two steps, which include set-up and warm-up.
+The cached configuration trains two epochs and times the second.
 
     python bench/throughput.py            # the numbers in docs/benchmarks.md
     python bench/throughput.py --quick    # a smoke run in under a minute; its numbers mean little

@@ -182,7 +182,7 @@ def test_unpadding_matches_padded_forward(arch):
     assert not any("forward" in vars(module) for module in model.modules())
 
 
-def test_frozen_tier_has_no_grad_and_no_optimizer_state():
+def test_frozen_tier_without_grad_or_state():
     model, plan = frozen_bottom_model("bert")
     forward = ForwardPass(model, plan, OmegaConf.create({"activation_cache": False}), torch.device("cpu"))
     batch = right_padded(random_examples())
