@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 RUN_TABLE_COLUMNS = ["task", "model", "tier_config", "role", "seed", "status", "best_val_metric", "test_metric",
                      "delta_best_val_metric", "train_time_s", "trainable_fraction", "drift_mean", "run_id"]
 COMPARISON_COLUMNS = ["task", "model", "tier_config", "role", "n_seeds", "mean", "std", "ci_low", "ci_high",
-                      "n_pairs", "mean_diff", "diff_ci_low", "diff_ci_high", "win_rate", "underpowered"]
+                      "n_pairs", "mean_diff", "diff_ci_low", "diff_ci_high", "diff_t_low", "diff_t_high", "win_rate",
+                      "underpowered"]
 
 
 def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None) -> str:

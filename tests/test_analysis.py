@@ -703,3 +703,19 @@ def notebook_env(analysis_db, tmp_path) -> dict[str, str]:
 def test_notebook_executes(name, notebook_env, monkeypatch):
     run_notebook(name, notebook_env, monkeypatch)
     assert any(Path(notebook_env["HARNESS_OUT_DIR"]).glob("*.png"))
+
+
+def test_t_interval_by_hand():
+    # mean 0.02, std 0.01 (ddof=1), n=3: half width = t(0.975, 2) * 0.01 / sqrt(3) = 4.302653 * 0.0057735.
+    low, high = compare.t_interval([0.01, 0.02, 0.03])
+    half_width = 4.302652729911275 * 0.01 / 3 ** 0.5
+    assert low == pytest.approx(0.02 - half_width)
+    assert high == pytest.approx(0.02 + half_width)
+
+
+def test_t_interval_wider_than_bootstrap_for_three_seeds():
+    values = [0.01, 0.02, 0.03]
+    t_low, t_high = compare.t_interval(values)
+    boot_low, boot_high = compare.bootstrap_ci(values, n_boot=2000)
+    assert t_low < boot_low
+    assert t_high > boot_high
