@@ -15,23 +15,37 @@ from omegaconf import OmegaConf
 
 logger = logging.getLogger(__name__)
 
-BUDGET_KEYS = ("epochs", "max_steps", "batch_size", "warmup_ratio", "scheduler", "weight_decay", "max_grad_norm")
-DATA_KEYS = ("name", "source", "data_dir", "train_size", "subsample_seed", "max_length")
+# Train settings that cannot change a run's metrics; every other `train` key is in the key.
+# The activation cache is exact, so it is left out too.
+NON_RESULT_TRAIN_KEYS = ("progress_bar", "log_every", "eval_batch_size", "activation_cache", "activation_cache_max_mb")
+DATA_KEYS = ("name", "source", "train_size", "subsample_seed", "max_length")
+CSV_FILES = ("train.csv", "validation.csv", "test.csv")
 DELTA_METRICS = ("accuracy", "macro_f1", "mcc", "loss")
 
 
 def key_fields(cfg) -> dict:
     """Return the fields that decide which baseline a run compares against."""
-    data_dir = cfg.task.get("data_dir")
+    train = OmegaConf.to_container(cfg.train, resolve=True)
     return {
         "model": str(cfg.model.pretrained),
-        "task": {key: cfg.task.get(key) for key in DATA_KEYS} | {
-            "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-        },
+        "task": {key: cfg.task.get(key) for key in DATA_KEYS} | {"data": data_fingerprint(cfg.task.get("data_dir"))},
         "seed": int(cfg.seed),
-        "budget": {key: cfg.train.get(key) for key in BUDGET_KEYS},
-        "baseline_lr": float(cfg.baseline_tier.lr),
+        "budget": {key: value for key, value in train.items() if key not in NON_RESULT_TRAIN_KEYS},
+        "baseline_tier": OmegaConf.to_container(cfg.baseline_tier, resolve=True),
     }
+
+
+def data_fingerprint(data_dir) -> str | None:
+    """Hash the CSV files of `task.data_dir`, so edited data gets a new baseline."""
+    if not data_dir:
+        return None
+    digest = hashlib.sha256()
+    for name in CSV_FILES:
+        path = Path(data_dir) / name
+        if path.is_file():
+            digest.update(name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def baseline_key(cfg) -> str:

@@ -5,7 +5,9 @@ import math
 from dataclasses import dataclass
 
 import mlflow
+import torch
 from mlflow.entities import RunStatus
+from omegaconf import OmegaConf
 
 from harness import baseline as baselines
 from harness import tracking
@@ -51,13 +53,26 @@ def check_train_config(cfg) -> None:
         (train_cfg.max_grad_norm, "train.max_grad_norm", lambda v: isinstance(v, (int, float)) and v > 0, "a positive number"),
         (train_cfg.log_every, "train.log_every", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
         (cfg.task.max_length, "task.max_length", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
-        (cfg.seed, "seed", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
+        (cfg.seed, "seed", lambda v: isinstance(v, int) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
         (cfg.baseline, "baseline", lambda v: v in BASELINE_MODES, f"one of {', '.join(BASELINE_MODES)}"),
         (train_cfg.device, "train.device", lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"), "auto, cpu, cuda or cuda:N"),
     ]
     for value, key, is_valid, expected in checks:
         if isinstance(value, bool) or not is_valid(value):
             raise ConfigError(f"{key}={value!r} is invalid: expected {expected}. Fix it with {key}=<value>.")
+
+    if str(train_cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={train_cfg.device!r} but this machine has no CUDA device visible to torch. "
+            "Use train.device=auto (CUDA when present, otherwise the CPU) or train.device=cpu."
+        )
+    if cfg.baseline_tier.strategy != "full":
+        raise ConfigError(
+            f"baseline_tier.strategy={cfg.baseline_tier.strategy!r}: the baseline is full fine-tuning. "
+            "Keep baseline_tier.strategy=full and change only baseline_tier.lr."
+        )
+    if not str(cfg.tracking.experiment).strip():
+        raise ConfigError("tracking.experiment is empty. Name the MLflow experiment, e.g. tracking.experiment=layerwise.")
 
     from transformers.trainer_utils import SchedulerType
 
@@ -80,6 +95,7 @@ def prepare(cfg) -> Prepared:
     # Seed before the model is built, so the new classifier head is the same in every job.
     set_seed(cfg.seed)
     model = load_model(cfg.model, cfg.task.num_labels, cfg.task.label_names, tokenizer)
+    _check_max_length(cfg, model)
     plan = build_plan(model, cfg.tier, weight_decay=cfg.train.weight_decay)
 
     tokenized = tokenize_task(raw, tokenizer, cfg.task)
@@ -88,9 +104,28 @@ def prepare(cfg) -> Prepared:
         if split in tokenized:
             loaders[split] = make_loader(tokenized[split], tokenizer, cfg.train.eval_batch_size, shuffle=False, seed=cfg.seed)
 
-    role = "baseline" if cfg.tier.strategy == "full" else "layerwise"
+    role = "baseline" if is_baseline_tier(cfg) else "layerwise"
     total_params = sum(param.numel() for param in model.parameters())
     return Prepared(cfg, model, plan, loaders, data_summary, total_params, role)
+
+
+def is_baseline_tier(cfg) -> bool:
+    """Return True when the run's tier spec is the baseline's (full fine-tuning at baseline_tier.lr).
+
+    A full fine-tuning run at another lr is compared with the baseline like any layer-wise run.
+    """
+    tier = OmegaConf.to_container(cfg.tier, resolve=True)
+    baseline_tier = OmegaConf.to_container(cfg.baseline_tier, resolve=True)
+    return tier == baseline_tier
+
+
+def _check_max_length(cfg, model) -> None:
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions is not None and cfg.task.max_length > max_positions:
+        raise ConfigError(
+            f"task.max_length={cfg.task.max_length} is longer than the {max_positions} positions of "
+            f"model {cfg.model.name!r}. Set task.max_length={max_positions} or less."
+        )
 
 
 def describe(prepared: Prepared) -> str:
@@ -173,8 +208,8 @@ def execute(prepared: Prepared, tags: dict, parent_run_id=None, reporter=None, b
             mlflow.set_tag("baseline_run_id", baseline_run.info.run_id)
         mlflow.log_metrics(summary)
         mlflow.log_text(_epochs_csv(result), "epochs.csv")
-    except KeyboardInterrupt:
-        mlflow.set_tag("error", "interrupted (KeyboardInterrupt)")
+    except KeyboardInterrupt as interrupt:
+        mlflow.set_tag("error", f"interrupted: {str(interrupt) or 'KeyboardInterrupt'}")
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as error:

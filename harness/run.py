@@ -6,6 +6,7 @@ one MLflow run linked to that baseline.
 """
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -66,13 +67,15 @@ def ensure_baseline(cfg, experiment_id: str, key: str, sweep_id):
 
 def run_job(cfg) -> dict | None:
     """Run one experiment and return its summary metrics (the objective values of a sweep)."""
-    prepared = experiment.prepare(cfg)
     if cfg.dry_run:
-        print(experiment.describe(prepared))
+        print(experiment.describe(experiment.prepare(cfg)))
         return None
+
+    experiment.check_train_config(cfg)
+    experiment_id = tracking.start_tracking(cfg.tracking)
+    prepared = experiment.prepare(cfg)
     logger.info("Plan:\n%s", experiment.describe(prepared))
 
-    experiment_id = tracking.start_tracking(cfg.tracking)
     key = baselines.baseline_key(cfg)
     sweep_id = _sweep_id()
     baseline_run = None
@@ -120,6 +123,10 @@ def _record_failure(cfg, error: BaseException) -> None:
 class FailedJobsCallback(Callback):
     """Exit non-zero at the end of a multirun that had failed jobs, and name them."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # A rerun into the same sweep folder starts with a clean list.
+        (Path(config.hydra.sweep.dir) / FAILED_JOBS_FILE).unlink(missing_ok=True)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         path = Path(config.hydra.sweep.dir) / FAILED_JOBS_FILE
         if not path.exists():
@@ -129,8 +136,14 @@ class FailedJobsCallback(Callback):
         sys.exit(1)
 
 
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
+    # Schedulers and `timeout` stop jobs with SIGTERM: handle it like Ctrl-C, so the run is KILLED.
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return run_job(cfg)

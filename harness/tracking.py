@@ -4,11 +4,13 @@ import logging
 import re
 import subprocess
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
+from filelock import FileLock
 from omegaconf import OmegaConf
 
 from harness.errors import ConfigError
@@ -42,25 +44,40 @@ def _check_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise ConfigError(
-            f"tracking.root={str(folder)!r} is not a writable folder ({error}). "
-            "Set tracking.root to a writable folder, or tracking.uri to an MLflow server."
+            f"The tracking folder {str(folder)!r} is not writable ({error}). "
+            "Set tracking.root (or the path in tracking.uri=sqlite:///...) to a writable folder, "
+            "or tracking.uri to an MLflow server."
         ) from error
 
 
-def start_tracking(tracking_cfg) -> str:
-    """Point MLflow at the tracking store and return the experiment id, creating it if needed."""
-    artifact_location = None
-    if not tracking_cfg.uri:
-        root = Path(tracking_cfg.root).resolve()
-        _check_writable(root)
-        artifact_location = (root / "mlartifacts").as_uri()
+def _sqlite_folder(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).resolve().parent
 
-    mlflow.set_tracking_uri(tracking_uri(tracking_cfg))
-    experiment = mlflow.get_experiment_by_name(tracking_cfg.experiment)
-    if experiment is None:
-        experiment_id = _create_experiment(tracking_cfg.experiment, artifact_location)
-    else:
-        experiment_id = experiment.experiment_id
+
+def start_tracking(tracking_cfg) -> str:
+    """Point MLflow at the tracking store and return the experiment id, creating it if needed.
+
+    A SQLite store gets its artifacts in `mlartifacts/` beside the database file.
+    """
+    uri = tracking_uri(tracking_cfg)
+    folder = _sqlite_folder(uri)
+    artifact_location = None
+    if folder is not None:
+        _check_writable(folder)
+        artifact_location = (folder / "mlartifacts").as_uri()
+
+    mlflow.set_tracking_uri(uri)
+    # The first access creates the SQLite schema, and two processes that do it at once can
+    # leave a broken database, so processes that share the folder take turns.
+    lock = FileLock(str(folder / ".mlruns.db.lock")) if folder is not None else nullcontext()
+    with lock:
+        experiment = mlflow.get_experiment_by_name(tracking_cfg.experiment)
+        if experiment is None:
+            experiment_id = _create_experiment(tracking_cfg.experiment, artifact_location)
+        else:
+            experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

@@ -161,7 +161,18 @@ BAD_INPUTS = [
     (["tier.lrs=[-1e-4,1e-4]"], "-0.0001"),
     (["tier.strategy=magic"], "magic"),
     (["model.pretrained=no-such-org/no-such-model"], "offline"),
+    (["seed=4294967296"], "seed"),
+    (["baseline_tier.strategy=llrd", "baseline_tier.decay=0.9"], "baseline_tier.strategy"),
+    (["tracking.experiment=''"], "tracking.experiment"),
+    (["task.max_length=100"], "positions"),
+    (lambda tmp: [f"task.data_dir={_latin1_task_dir(tmp)}"], "UTF-8"),
 ]
+
+
+def _latin1_task_dir(tmp_path):
+    folder = write_task_csvs(tmp_path / "latin1")
+    (folder / "train.csv").write_bytes("text,label\n".encode() + "caf\xe9 cr\xe8me,1\n".encode("latin-1") * 8)
+    return folder
 
 
 @pytest.mark.parametrize("overrides, fragment", BAD_INPUTS)
@@ -181,3 +192,84 @@ def test_unwritable_tracking_root(tiny_model_dir, tiny_task_dir, tmp_path, compo
     cfg = compose([*tiny_overrides(tiny_model_dir, tiny_task_dir, tmp_path), f"tracking.root={blocker}/sub"])
     with pytest.raises(ConfigError, match="tracking.root"):
         tracking.start_tracking(cfg.tracking)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda(tiny_model_dir, tiny_task_dir, tmp_path, compose):
+    cfg = compose([*tiny_overrides(tiny_model_dir, tiny_task_dir, tmp_path), "train.device=cuda"])
+    with pytest.raises(ConfigError, match="train.device='cuda'"):
+        experiment.prepare(cfg)
+
+
+def test_sqlite_uri_under_a_file(tiny_model_dir, tiny_task_dir, tmp_path, compose):
+    from harness import tracking
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cfg = compose([*tiny_overrides(tiny_model_dir, tiny_task_dir, tmp_path), f"tracking.uri=sqlite:///{blocker}/x.db"])
+    with pytest.raises(ConfigError, match="not writable"):
+        tracking.start_tracking(cfg.tracking)
+
+
+def test_full_run_at_other_lr_is_layerwise(tiny_model_dir, tiny_task_dir, tmp_path, compose):
+    base = [item for item in tiny_overrides(tiny_model_dir, tiny_task_dir, tmp_path) if not item.startswith("tier")]
+    assert experiment.is_baseline_tier(compose([*base, "tier=full"]))
+    assert not experiment.is_baseline_tier(compose([*base, "tier=full", "tier.lr=0.5"]))
+    assert not experiment.is_baseline_tier(compose([*base, "tier=two_tier"]))
+
+
+def test_baseline_key_follows_results(tiny_model_dir, tiny_task_dir, tmp_path, compose):
+    from harness.baseline import baseline_key
+
+    base = tiny_overrides(tiny_model_dir, tiny_task_dir, tmp_path)
+    key = baseline_key(compose(base))
+    assert baseline_key(compose([*base, "tier=llrd"])) == key
+    assert baseline_key(compose([*base, "train.progress_bar=true"])) == key
+    assert baseline_key(compose([*base, "seed=1"])) != key
+    assert baseline_key(compose([*base, "train.device=cuda"])) != key
+    assert baseline_key(compose([*base, "baseline_tier.lr=1e-3"])) != key
+    edited = write_task_csvs(tmp_path / "edited", seed=1)
+    assert baseline_key(compose([*base, f"task.data_dir={edited}"])) != key
+
+
+def test_multirun_start_clears_failed_jobs(tmp_path):
+    from omegaconf import OmegaConf
+
+    from harness.run import FAILED_JOBS_FILE, FailedJobsCallback
+
+    (tmp_path / FAILED_JOBS_FILE).write_text("job 0: tier.split=9: ConfigError\n")
+    FailedJobsCallback().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert not (tmp_path / FAILED_JOBS_FILE).exists()
+
+
+def test_sigterm_marks_run_killed(tiny_model_dir, tiny_task_dir, tmp_path):
+    import signal
+    import time
+
+    args = [*tiny_overrides(tiny_model_dir, tiny_task_dir, tmp_path), "baseline=off", "train.epochs=1000"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if (tmp_path / "mlruns.db").exists() and runs_running(tmp_path):
+                break
+            time.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+
+    _, runs = runs_of(tmp_path)
+    (run,) = runs
+    assert run.info.status == "KILLED"
+    assert "SIGTERM" in run.data.tags["error"]
+
+
+def runs_running(root) -> bool:
+    try:
+        _, runs = runs_of(root)
+    except Exception:  # the database may still be being created
+        return False
+    return any(run.info.status == "RUNNING" for run in runs)

@@ -92,8 +92,19 @@ def _read_csv(path: Path, text_columns: list[str]) -> Dataset:
     return dataset.select_columns([*text_columns, "label"])
 
 
+def _check_utf8(path: Path) -> None:
+    try:
+        path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path} is not valid UTF-8 (byte {error.start}: {error.reason}). "
+            "Convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8 OLD.csv > NEW.csv`."
+        ) from error
+
+
 def _check_csv_header(path: Path, text_columns: list[str]) -> list[str]:
-    """Return the header of a CSV file after checking its columns and that it has rows."""
+    """Return the header of a CSV file after checking its encoding, its columns and that it has rows."""
+    _check_utf8(path)
     with path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.reader(file)
         header = next(reader, None)
