@@ -15,7 +15,7 @@ from harness.data import load_task, make_loader, summarize_task, tokenize_task
 from harness.errors import ConfigError
 from harness.models import load_model, load_tokenizer
 from harness.tiers import build_plan
-from harness.train import TrainResult, plan_steps, train
+from harness.train import TrainResult, check_speed_config, plan_steps, train
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def set_seed(seed: int) -> None:
 def check_train_config(cfg) -> None:
     """Reject invalid training values before any data or model is loaded."""
     train_cfg = cfg.train
+    check_speed_config(train_cfg)
     checks = [
         (train_cfg.batch_size, "train.batch_size", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
         (train_cfg.eval_batch_size, "train.eval_batch_size", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
@@ -103,6 +104,10 @@ def prepare(cfg) -> Prepared:
     for split in ("validation", "test"):
         if split in tokenized:
             loaders[split] = make_loader(tokenized[split], tokenizer, cfg.train.eval_batch_size, shuffle=False, seed=cfg.seed)
+
+    # As many training examples as validation examples, for the train-validation gap at the end.
+    train_eval = tokenized["train"].select(range(min(len(tokenized["train"]), len(tokenized["validation"]))))
+    loaders["train_eval"] = make_loader(train_eval, tokenizer, cfg.train.eval_batch_size, shuffle=False, seed=cfg.seed)
 
     role = "baseline" if is_baseline_tier(cfg) else "layerwise"
     total_params = sum(param.numel() for param in model.parameters())

@@ -173,6 +173,7 @@ def summary_metrics(result, plan, metric_name: str, total_params: int) -> dict:
         total_params=total_params,
         trainable_fraction=trainable / total_params,
         train_val_gap=result.train_accuracy - result.final["accuracy"],
+        activation_cache_mb=result.activation_cache_mb,
         drift_mean=sum(result.drift.values()) / len(result.drift),
     )
     for tier, marks in result.tier_lrs.items():

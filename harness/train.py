@@ -43,7 +43,8 @@ class TrainResult:
     best: dict = field(default_factory=dict)  # validation metrics at the best epoch
     final: dict = field(default_factory=dict)  # validation metrics after the last epoch
     test: dict = field(default_factory=dict)  # test metrics of the best epoch's weights
-    train_accuracy: float = float("nan")  # running accuracy on the last epoch's training batches
+    # Accuracy on `loaders["train_eval"]` (training examples, eval mode, final weights), nan without it.
+    train_accuracy: float = float("nan")
     train_time_s: float = 0.0
     samples_per_s: float = 0.0
     peak_memory_mb: float = 0.0
@@ -331,7 +332,6 @@ def train(model, plan, loaders, train_cfg, metric_name, on_evaluate=None, on_log
             for name in plan.update_unfreezing(epoch - 1, step):
                 logger.info("Gradual unfreezing: tier %s trains from epoch %d (step %d)", name, epoch, step)
             plan.train_mode(model)
-            correct, seen = 0, 0
 
             for indices, batch in _batches(loaders["train"], train_sampler):
                 if step >= total_steps:
@@ -359,8 +359,6 @@ def train(model, plan, loaders, train_cfg, metric_name, on_evaluate=None, on_log
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"training loss is {loss_value} at step {step}; lower the learning rates")
                 samples += len(batch["labels"])
-                correct += (output.logits.argmax(-1) == batch["labels"]).sum().item()
-                seen += len(batch["labels"])
                 result.train_losses.append((step, loss_value))
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
@@ -371,7 +369,6 @@ def train(model, plan, loaders, train_cfg, metric_name, on_evaluate=None, on_log
             metrics = evaluate(model, loaders["validation"], device, forward)
             metrics["epoch"] = epoch
             result.history.append(metrics)
-            result.train_accuracy = correct / max(seen, 1)
             logger.info("Epoch %d: validation %s=%.4f loss=%.4f", epoch, metric_name, metrics[metric_name], metrics["loss"])
             if metrics[metric_name] > best_value:
                 best_value = metrics[metric_name]
@@ -390,6 +387,8 @@ def train(model, plan, loaders, train_cfg, metric_name, on_evaluate=None, on_log
             result.tier_lrs.setdefault(tier, {})["end"] = lr
         result.drift = weight_drift(model, initial, plan.param_depth)
         result.peak_memory_mb = _peak_memory_mb(device)
+        if "train_eval" in loaders:
+            result.train_accuracy = evaluate(model, loaders["train_eval"], device, forward, split="train_eval")["accuracy"]
 
         # Test metrics use the weights of the best epoch.
         if "test" in loaders:
