@@ -146,7 +146,15 @@ for name in ["real-sst2", "real-trec"]:
         for run in client.search_runs([experiment.experiment_id], max_results=1000)
     ])
     print(f"## {name}: {len(runs)} runs, status {runs['status'].value_counts().to_dict()}\n")
-    runs = runs[runs["status"] == "FINISHED"].astype({"seed": int})
+    runs = runs[runs["status"] == "FINISHED"]
+    # Keep the runs of the first stage: the sweep stage adds a parent run without a seed,
+    # trials (tag study_name), confirmation runs (sweep_id under multirun/confirm-) and
+    # their own baselines, which docs/report.md covers.
+    first_stage = runs[(runs["role"] == "layerwise")
+                       & runs.get("study_name", pd.Series(index=runs.index, dtype=object)).isna()
+                       & ~runs["sweep_id"].fillna("").str.contains("/confirm-")]
+    runs = runs[runs["run_id"].isin(first_stage["run_id"]) | runs["run_id"].isin(first_stage["baseline_run_id"])]
+    runs = runs.astype({"seed": int})
     baselines = runs[runs["role"] == "baseline"].set_index("run_id")
     has_test = "test_metric" in runs and runs["test_metric"].notna().all()
 
