@@ -49,10 +49,11 @@ if [[ $STAGE == all ]]; then
         task=trec task.data_dir="$DATA/trec" train.epochs=1 \
         tracking.experiment=real-trec 2>&1 | tee "$ROOT/trec.log"
 elif [[ $STAGE == sweep ]]; then
-    # Learning-rate sweeps behind docs/report.md, run after the stage above: an Optuna study
-    # over the two lrs of two_tier (split 4, log-uniform 1e-6..1e-3, TPE with 5 random
-    # startup trials), seed 0, with the same budget and data options as above and in the
-    # same experiments. The pruner is off because one epoch gives it nothing to stop early.
+    # Learning-rate sweeps behind docs/report.md, run after the stage above. Each is an
+    # Optuna study over the two lrs of two_tier (split 4, log-uniform 1e-6..1e-3, TPE with 5
+    # random startup trials) at seed 0. It uses the budget and data options of the stage
+    # above and writes to the same experiment. The pruner is off because one epoch gives it
+    # nothing to stop early.
     # NOTE: the baseline key changed in commit 87bfbc2, so these runs do not reuse the
     # baselines of the stage above; each seed gets a new baseline with the current code.
     SWEEP=(model=minilm_l6 train.batch_size=32 task.max_length=64 train.progress_bar=false
@@ -68,7 +69,7 @@ elif [[ $STAGE == sweep ]]; then
 
     # Confirm the best trial of each study over seeds 0, 1 and 2. analysis.confirm --dry-run
     # prints the rerun command, but that command ends with the sweep's fixed override
-    # seed=0, which replaces its own seed=0,1,2, so its multirun would run seed 0 only.
+    # seed=0. Hydra keeps the last override of a key, so the multirun would run seed 0 only.
     # The commands below are the printed ones without that trailing seed=0. The lrs are
     # those of the best trial of each study in our run; a new run of the sweeps may pick others.
     "$PYTHON" -m analysis.confirm --study sst2_tier_lrs --storage "sqlite:///$ROOT/optuna.db" \
@@ -82,8 +83,8 @@ elif [[ $STAGE == sweep ]]; then
         tracking.uri="sqlite:///$ROOT/mlruns.db" tracking.experiment=real-sst2 2>&1 | tee "$ROOT/confirm-sst2.log"
     "$PYTHON" -m analysis.confirm --study trec_tier_lrs --storage "sqlite:///$ROOT/optuna.db" \
         --top-k 1 --seeds 3 --tracking-uri "sqlite:///$ROOT/mlruns.db" --experiment real-trec --dry-run
-    # The TREC seeds ran as two processes side by side (seeds 0 and 1, then seed 2) to use
-    # both cores; each seed has its own baseline, so they do not share a run.
+    # The TREC seeds run as two processes side by side to use both cores: seeds 0 and 1 in
+    # one, seed 2 in the other. Each seed has its own baseline, so they share no run.
     CONFIRM_TREC=(model=minilm_l6 train.batch_size=32 task.max_length=64 train.progress_bar=false
                   task=trec task.data_dir="$DATA/trec" train.epochs=1 "${CONFIRM_TIER[@]}"
                   'tier.lrs=[2.054762512591135e-05,0.0004734989304499476]'
@@ -94,7 +95,7 @@ elif [[ $STAGE == sweep ]]; then
         "${CONFIRM_TREC[@]}" > "$ROOT/confirm-trec-2.log" 2>&1 &
     wait
 
-    # docs/report.md reads these reports only for their plots; its tables pair each config's
+    # docs/report.md takes only the plots from these reports. Its tables pair each config's
     # runs with the baselines named in their baseline_run_id tags.
     for TASK in sst2 trec; do
         "$PYTHON" -m analysis.report --tracking-uri "sqlite:///$ROOT/mlruns.db" \
