@@ -26,9 +26,10 @@ INDEXED_PARAM = re.compile(r"(tier\.split|tier\.lrs)\.(\d+)")
 # Study user attribute that the sweeper sets to its MLflow parent run id.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 # Fixed overrides of a sweep that a rerun must not repeat. `sweep` and `hydra/sweeper` select the
-# Optuna sweeper, `hydra.*` would replace the rerun's sweep directory, and `optuna_trial.*`
-# connects a job to a trial.
-SWEEP_ONLY_KEYS = re.compile(r"sweep|optuna_trial(\..*)?|hydra/sweeper|hydra\..*")
+# Optuna sweeper, `hydra.*` would replace the rerun's sweep directory, `optuna_trial.*`
+# connects a job to a trial, and `seed` would override the rerun's seed list (Hydra keeps
+# the last value of a key).
+SWEEP_ONLY_KEYS = re.compile(r"sweep|optuna_trial(\..*)?|hydra/sweeper|hydra\..*|seed")
 
 
 def hydra_value(value) -> str:

@@ -719,3 +719,16 @@ def test_t_interval_wider_than_bootstrap_for_three_seeds():
     boot_low, boot_high = compare.bootstrap_ci(values, n_boot=2000)
     assert t_low < boot_low
     assert t_high > boot_high
+
+
+@pytest.mark.parametrize("item, dropped", [
+    ("seed=0", True),
+    ("sweep=tier_lrs", True),
+    ("hydra.sweeper.n_trials=6", True),
+    ("optuna_trial.number=3", True),
+    ("task.train_size=2000", False),
+    ("train.epochs=1", False),
+])
+def test_fixed_overrides_drop_sweep_only_keys(item, dropped):
+    # A kept `seed=0` would override the rerun's `-m seed=0,1,2`: Hydra keeps the last value.
+    assert bool(overrides.SWEEP_ONLY_KEYS.fullmatch(overrides.override_key(item))) == dropped
