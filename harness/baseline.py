@@ -75,8 +75,8 @@ def find_baseline(experiment_id: str, key: str):
 def baseline_lock(cfg, key: str) -> FileLock:
     """Return a lock that lets one process at a time look up or create the baseline for `key`.
 
-    NOTE: a file lock under `tracking.root` serialises jobs on one machine (or a shared
-    file system); jobs on machines that share only a tracking server can each create one.
+    NOTE: the lock is a file under `tracking.root`, so it serialises jobs on one machine or a
+    shared file system. Jobs on machines that share only a tracking server can each create one.
     """
     lock_dir = Path(cfg.tracking.root).resolve() / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
