@@ -45,7 +45,7 @@ def t_interval(values, *, confidence: float = 0.95) -> tuple[float, float]:
     """Return the Student-t confidence interval of the mean of `values` (nan for fewer than 2).
 
     NOTE: with 3 to 5 seeds the percentile bootstrap cannot reach past the smallest and largest
-    value, so it is too narrow; the t interval is the one to quote for so few seeds.
+    value, so it comes out too narrow. Quote the t interval for so few seeds.
     """
     values = np.asarray(values, dtype=float)
     if values.size < 2:

@@ -55,7 +55,7 @@ elif [[ $STAGE == sweep ]]; then
     # above and writes to the same experiment. The pruner is off because one epoch gives it
     # nothing to stop early.
     # NOTE: the baseline key changed in commit 87bfbc2, so these runs do not reuse the
-    # baselines of the stage above; each seed gets a new baseline with the current code.
+    # baselines of the stage above. Each seed gets a new baseline with the current code.
     SWEEP=(model=minilm_l6 train.batch_size=32 task.max_length=64 train.progress_bar=false
            seed=0 hydra.sweeper.pruner=null hydra.sweeper.storage="sqlite:///$ROOT/optuna.db")
     "$PYTHON" -m harness.run -m sweep=tier_lrs "${SWEEP[@]}" \

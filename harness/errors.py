@@ -4,5 +4,5 @@
 class ConfigError(ValueError):
     """Invalid user input, raised before any compute.
 
-    The message names the offending value and says how to fix it.
+    The message names the offending value and the fix.
     """

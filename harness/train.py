@@ -120,7 +120,7 @@ def _batches(loader, batch_sampler):
 
 
 def _train_order_key(loader, group_by_length: bool) -> str:
-    # The activation cache keeps the values computed in the first batch that holds each example.
+    # The activation cache keeps the values computed in the first batch that contains each example.
     # They can differ in the last bits with that batch's padded length, so runs share an entry
     # only when their batches are the same: same batch size, sampler and generator state.
     state = loader.generator.get_state().numpy().tobytes() if loader.generator is not None else b"none"
