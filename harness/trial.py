@@ -16,6 +16,7 @@ import optuna
 import sqlalchemy.exc
 
 from harness.errors import ConfigError
+from harness.journal_heartbeat import HeartbeatJournalStorage
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,10 @@ def is_journal(storage_url: str) -> bool:
 def open_storage(storage_url: str, heartbeat_interval=None, grace_period=None, stale_trial_retries=None):
     """Open an Optuna storage: an RDB URL (`sqlite:///...`, `postgresql+psycopg://...`) or a journal file.
 
-    The heartbeat arguments apply to RDB storages only. The sweeper passes them, so that a
-    trial of a worker that died becomes FAIL after `grace_period` seconds without a
-    heartbeat and is queued again up to `stale_trial_retries` times with the same params.
+    The sweeper passes the heartbeat arguments, so that a trial of a worker that died becomes
+    FAIL after `grace_period` seconds without a heartbeat and is queued again up to
+    `stale_trial_retries` times with the same params. Jobs open the storage without them.
     """
-    if is_journal(storage_url):
-        # NOTE: Optuna 5.1's JournalStorage has no heartbeat, so a trial of a killed worker
-        # stays RUNNING in a journal file until someone fails it by hand (docs/sweeps.md).
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage_url))
-
     # Heartbeats and RetryHeartbeatStaleTrialCallback are experimental in Optuna 5.1 and warn
     # on every use; the sweeper relies on both on purpose.
     with warnings.catch_warnings():
@@ -60,22 +56,35 @@ def open_storage(storage_url: str, heartbeat_interval=None, grace_period=None, s
         retry = None
         if stale_trial_retries is not None:
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=stale_trial_retries)
-        for attempt in range(1, SCHEMA_ATTEMPTS + 1):
-            try:
-                return optuna.storages.RDBStorage(
-                    storage_url,
-                    heartbeat_interval=heartbeat_interval,
-                    grace_period=grace_period,
-                    heartbeat_stale_trial_callback=retry,
-                )
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
-                # Workers that start together on an empty database race to create Optuna's
-                # tables and types (PostgreSQL raises a unique violation for the loser), so
-                # the loser waits for the winner and opens the storage again.
-                if attempt == SCHEMA_ATTEMPTS:
-                    raise
-                logger.info("Creating the Optuna schema raced with another worker (%s); retrying", type(error).__name__)
-                time.sleep(SCHEMA_RETRY_S)
+        if is_journal(storage_url):
+            return _open_journal(storage_url, heartbeat_interval, grace_period, retry)
+        return _open_rdb(storage_url, heartbeat_interval, grace_period, retry)
+
+
+def _open_journal(path: str, heartbeat_interval, grace_period, retry):
+    backend = optuna.storages.journal.JournalFileBackend(path)
+    if heartbeat_interval is None:
+        return optuna.storages.JournalStorage(backend)
+    return HeartbeatJournalStorage(backend, heartbeat_interval, grace_period, retry)
+
+
+def _open_rdb(storage_url: str, heartbeat_interval, grace_period, retry):
+    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+        try:
+            return optuna.storages.RDBStorage(
+                storage_url,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=retry,
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
+            # Workers that start together on an empty database race to create Optuna's
+            # tables and types (PostgreSQL raises a unique violation for the loser), so
+            # the loser waits for the winner and opens the storage again.
+            if attempt == SCHEMA_ATTEMPTS:
+                raise
+            logger.info("Creating the Optuna schema raced with another worker (%s); retrying", type(error).__name__)
+            time.sleep(SCHEMA_RETRY_S)
 
 
 def build_pruner(name, options=None):

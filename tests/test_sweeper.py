@@ -107,20 +107,27 @@ def test_resume_after_interrupt_runs_remaining_trials(tmp_path):
     assert len([run for run in runs if run.data.tags.get("role") == "sweep"]) == 1
 
 
-def test_resume_after_kill_runs_remaining_trials(tmp_path):
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+@pytest.mark.parametrize("wait_s", [0, 3], ids=["resume_at_once", "resume_after_grace"])
+def test_resume_after_kill_runs_remaining_trials(tmp_path, storage, wait_s):
     # heartbeat_interval=1 and grace_period=2 come from the toy sweep config.
     overrides = ["hydra.sweeper.n_trials=6", "kill_trials=[3]", "hydra.sweeper.pruner=null"]
+    if storage == "journal":
+        overrides.append("hydra.sweeper.storage=optuna.journal")
+    storage_object = open_storage(str(tmp_path / "optuna.journal")) if storage == "journal" else sqlite_url(tmp_path)
     killed = run_toy(tmp_path, *overrides)
     assert killed.returncode == -9, output_of(killed)[-3000:]
-    study = load_study(sqlite_url(tmp_path))
+    study = load_study(storage_object)
     assert states(study) == {"COMPLETE": 3, "RUNNING": 1}
     killed_params = study.get_trials()[3].params
 
-    # After the grace period the next worker fails the stale trial and queues it again.
-    time.sleep(3)
+    # A worker resumed within the grace period waits for the dead trial to go stale; one
+    # resumed later finds it stale at once. Either fails it and runs its retry.
+    time.sleep(wait_s)
     resumed = run_toy(tmp_path, *overrides)
     assert resumed.returncode == 0, output_of(resumed)[-3000:]
 
+    study = load_study(storage_object)
     trials = study.get_trials()
     assert states(study) == {"COMPLETE": 6, "FAIL": 1}
     assert trials[3].state.name == "FAIL"

@@ -1,7 +1,9 @@
 """The global trial budget of a study, shared by every worker and every resume of a sweep.
 
 `n_trials` bounds the trials in BUDGET_STATES. A FAIL trial does not use up the budget: the
-sweep runs another in its place, and `max_failures` stops a worker that keeps failing.
+sweep runs another in its place, and `max_failures` stops a worker that keeps failing. A
+WAITING trial (the retry of a dead worker's trial) holds a slot, and a worker asks for it
+before any new trial, so `open_slots` leaves WAITING trials out.
 
 Workers that share a storage check the budget twice. Before asking, a worker counts the
 budget trials to decide whether to ask at all. After asking, two workers that both saw one
@@ -19,9 +21,10 @@ BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, Tri
 OVER_BUDGET_REASON = "over budget: other workers asked for the last trials first"
 
 
-def used_budget(study) -> int:
-    """Return the number of trials that count toward `n_trials`."""
-    return len(study.get_trials(deepcopy=False, states=BUDGET_STATES))
+def open_slots(study, n_trials: int) -> int:
+    """Return how many trials this worker may still ask for: WAITING ones first, then new ones."""
+    started = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return n_trials - len(started)
 
 
 def within_budget(study, trial_number: int, n_trials: int) -> bool:

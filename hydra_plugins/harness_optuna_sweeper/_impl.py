@@ -15,6 +15,7 @@ import math
 import numbers
 import shlex
 import sys
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from harness import tracking
 from harness.errors import ConfigError
 from harness.trial import PRUNER_ATTR, PRUNERS, RUN_ID_ATTR, build_pruner, count_blocks, is_journal, open_storage
 
-from ._budget import OVER_BUDGET_REASON, used_budget, within_budget
+from ._budget import OVER_BUDGET_REASON, open_slots, within_budget
 from ._parent_run import finish_parent_run, open_parent_run, record_best, tag_trial_state
 from ._samplers import SAMPLERS, build_sampler, check_sampler
 from ._search_space import format_value, parse_search_space
@@ -208,11 +209,16 @@ class OptunaSweep:
     def _run_trials(self, study, space, n_trials: int, trial_overrides) -> bool:
         """Ask, launch and tell batches until the budget is used up; return True if max_failures stopped it."""
         max_failures = self.settings["max_failures"]
+        wait_deadline = None
         while True:
             with _heartbeat_warnings_ignored():
                 fail_stale_trials(study)
-            remaining = n_trials - used_budget(study)
+            remaining = open_slots(study, n_trials)
             if remaining <= 0:
+                if wait_deadline is None:
+                    wait_deadline = time.monotonic() + self._staleness_wait_s()
+                if self._wait_for_running(study, wait_deadline):
+                    continue
                 logger.info("Study %s: all %d trials of the budget are finished or running", study.study_name, n_trials)
                 return False
             if max_failures is not None and self.failures >= max_failures:
@@ -223,9 +229,34 @@ class OptunaSweep:
                 )
                 return True
 
+            wait_deadline = None
             batch = self._ask_batch(study, space, min(remaining, self.settings["n_jobs"]), n_trials)
             if batch:
                 self._launch(study, batch, space, trial_overrides)
+
+    def _staleness_wait_s(self) -> int:
+        """Return how long a trial can go without a heartbeat before the stale-trial check fails it."""
+        interval = self.settings["heartbeat_interval"]
+        return (self.settings["grace_period"] or 2 * interval) + interval
+
+    def _wait_for_running(self, study, deadline: float) -> bool:
+        """Wait one heartbeat interval if other workers' trials run and the deadline has not passed.
+
+        A trial left RUNNING by a killed worker holds a budget slot until the stale-trial check
+        fails it and queues its retry. Waiting out the grace period lets a worker that was
+        resumed right after a kill run that retry, so the budget stays exact. A trial still
+        RUNNING at the deadline has a live worker, which finishes it.
+        """
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running or time.monotonic() >= deadline:
+            return False
+        logger.info(
+            "Study %s: the budget is used up; waiting for RUNNING trials %s of other workers, up to %.0f s more "
+            "(a dead worker's trial fails after grace_period without a heartbeat, and this worker runs its retry)",
+            study.study_name, [trial.number for trial in running], deadline - time.monotonic(),
+        )
+        time.sleep(self.settings["heartbeat_interval"])
+        return True
 
     def _ask_batch(self, study, space, size: int, n_trials: int) -> list[InFlight]:
         for _ in range(size):

@@ -54,9 +54,9 @@ class HarnessOptunaSweeperConf:
 
     # Stop this worker after this many of its trials failed; null: never stop.
     max_failures: Optional[int] = 5
-    # RDB storages only: each worker records a heartbeat for its running trials every
-    # heartbeat_interval seconds. A trial without one for grace_period seconds (null:
-    # 2 * heartbeat_interval) becomes FAIL and is queued once more with the same params.
+    # Each worker records a heartbeat for its running trials every heartbeat_interval
+    # seconds. A trial without one for grace_period seconds (null: 2 * heartbeat_interval)
+    # becomes FAIL and is queued once more with the same params.
     heartbeat_interval: int = 60
     grace_period: Optional[int] = None
 
