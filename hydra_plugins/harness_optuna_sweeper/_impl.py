@@ -235,14 +235,14 @@ class OptunaSweep:
                 self._launch(study, batch, space, trial_overrides)
 
     def _staleness_wait_s(self) -> int:
-        """Return how long a trial can go without a heartbeat before the stale-trial check fails it."""
+        """Return the longest wait for other workers' trials: the grace period plus one heartbeat interval."""
         interval = self.settings["heartbeat_interval"]
         return (self.settings["grace_period"] or 2 * interval) + interval
 
     def _wait_for_running(self, study, deadline: float) -> bool:
         """Wait one heartbeat interval if other workers' trials run and the deadline has not passed.
 
-        A trial left RUNNING by a killed worker holds a budget slot until the stale-trial check
+        A trial left RUNNING by a killed worker takes up a budget slot until the stale-trial check
         fails it and queues its retry. Waiting out the grace period lets a worker that was
         resumed right after a kill run that retry, so the budget stays exact. A trial still
         RUNNING at the deadline has a live worker, which finishes it.
@@ -251,7 +251,7 @@ class OptunaSweep:
         if not running or time.monotonic() >= deadline:
             return False
         logger.info(
-            "Study %s: the budget is used up; waiting for RUNNING trials %s of other workers, up to %.0f s more "
+            "Study %s: the budget is used up. Waiting for RUNNING trials %s of other workers, up to %.0f s more "
             "(a dead worker's trial fails after grace_period without a heartbeat, and this worker runs its retry)",
             study.study_name, [trial.number for trial in running], deadline - time.monotonic(),
         )
