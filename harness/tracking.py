@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
+import requests
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from filelock import FileLock
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000
 METRIC_NAMES = ("accuracy", "macro_f1", "mcc", "loss")
 # The password of a URL such as postgresql://user:password@host/db (a storage or tracking URI).
+# Seconds that a run waits for an MLflow server to accept a connection. MLflow's own HTTP
+# retries with backoff take minutes before an unreachable server fails a run.
+SERVER_PROBE_TIMEOUT_S = 10
 URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+(?=@)")
 
 
@@ -50,6 +54,18 @@ def _check_writable(folder: Path) -> None:
         ) from error
 
 
+def _check_server(uri: str) -> None:
+    """Raise ConfigError if nothing accepts connections at the MLflow server `uri` (http or https)."""
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=SERVER_PROBE_TIMEOUT_S)
+    except requests.RequestException as error:
+        raise ConfigError(
+            f"tracking.uri={mask_passwords(uri)!r} is unreachable ({type(error).__name__}). Start the MLflow "
+            "server (mlflow server --host 127.0.0.1 --port 5000), fix the URI, or set tracking.uri=null "
+            "to record runs in the SQLite database under tracking.root."
+        ) from error
+
+
 def _sqlite_folder(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
@@ -67,6 +83,8 @@ def start_tracking(tracking_cfg) -> str:
     if folder is not None:
         _check_writable(folder)
         artifact_location = (folder / "mlartifacts").as_uri()
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
 
     mlflow.set_tracking_uri(uri)
     # The first access creates the SQLite schema, and two processes that do it at once can

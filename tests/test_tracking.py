@@ -1,10 +1,13 @@
-"""MLflow tracking helpers: password masking, config flattening, the experiment creation race."""
+"""MLflow tracking helpers: password masking, config flattening, the experiment creation race, server checks."""
+
+import socket
 
 import mlflow
 import pytest
 from omegaconf import OmegaConf
 
 from harness import tracking
+from harness.errors import ConfigError
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -36,3 +39,15 @@ def test_start_tracking_loses_creation_race(tmp_path, monkeypatch):
     monkeypatch.setattr(mlflow, "create_experiment", create_then_fail)
     experiment_id = tracking.start_tracking(cfg)
     assert mlflow.get_experiment(experiment_id).name == "raced"
+
+
+def test_start_tracking_rejects_unreachable_server():
+    # Binding port 0 picks a free port; closing the socket leaves nothing listening there.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = OmegaConf.create({"uri": f"http://user:secret@127.0.0.1:{port}", "root": "unused", "experiment": "x"})
+    with pytest.raises(ConfigError, match="is unreachable") as error:
+        tracking.start_tracking(cfg)
+    assert "secret" not in str(error.value)
+    assert "tracking.uri=null" in str(error.value)
