@@ -44,6 +44,7 @@ BAD_SPECS = [
     ({"strategy": "llrd", "lr": 1e-4, "decay": 0.0}, "tier.decay=0.0 must be a number in (0, 1]"),
     ({"strategy": "llrd", "lr": 1e-4, "decay": 1.5}, "tier.decay=1.5 must be a number in (0, 1]"),
     ({"strategy": "llrd", "lr": 1e-4, "decay": math.nan}, "tier.decay=nan must be a number in (0, 1]"),
+    ({"strategy": "llrd", "lr": 1e-4, "decay": 1e-100}, "tier.decay=1e-100 underflows: tier.lr * decay^5 is 0"),
     ({"strategy": "layerwise", "lr": 1e-4}, "unknown tier.strategy='layerwise'; use one of full, tiers, llrd"),
     ({"strategy": "full"}, "tier.lr is missing; strategy=full needs it"),
     ({"strategy": "tiers", "split": 2}, "tier.lrs is missing; strategy=tiers needs it"),

@@ -191,6 +191,12 @@ def layout_tiers(spec: TierSpec, depths) -> list[Tier]:
     elif spec.strategy == "llrd":
         names = ["embeddings", *(f"block_{i}" for i in range(num_blocks)), "head"]
         tiers = [Tier(name, d, d, spec.lr * spec.decay ** (head - d), False) for d, name in enumerate(names)]
+        if spec.lr > 0 and tiers[0].lr == 0:
+            # An lr of 0 freezes a tier, so an underflow would freeze the bottom tiers unasked.
+            raise ConfigError(
+                f"tier.decay={spec.decay!r} underflows: tier.lr * decay^{head} is 0 for the embeddings of this "
+                f"{num_blocks}-block model. Use a larger decay such as 0.9, or list the tiers to freeze in tier.frozen."
+            )
     else:
         tiers = _split_tiers(spec, depths)
 
