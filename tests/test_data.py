@@ -176,6 +176,10 @@ def break_header(folder: Path) -> None:
     write_csv(folder / "train.csv", ["sentence", "label"], [["a", 0]])
 
 
+def repeat_label_column(folder: Path) -> None:
+    write_csv(folder / "train.csv", ["text", "label", "label"], [["a", 0, 1]])
+
+
 def set_train_label(value):
     def edit(folder: Path) -> None:
         rows = single_rows(TRAIN_LABELS, "train")
@@ -210,6 +214,7 @@ BAD_INPUT = [
     ("train.csv missing", remove("train.csv"), {}, ["train.csv not found", "validation.csv"]),
     ("validation.csv missing", remove("validation.csv"), {}, ["validation.csv not found"]),
     ("column missing", break_header, {}, ["missing the columns ['text']", "expected the header text,label", "found sentence,label"]),
+    ("label column twice", repeat_label_column, {}, ["train.csv", "more than one column named label", "text,label,label"]),
     ("label not integer", set_train_label("positive"), {}, ["'positive'", "data row 5", "train.csv", "not an integer"]),
     ("label float", set_train_label("1.0"), {}, ["'1.0'", "not an integer"]),
     ("label empty", short_row, {}, ["label ''", "validation.csv", "not an integer"]),

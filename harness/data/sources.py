@@ -122,6 +122,13 @@ def _check_csv_header(path: Path, text_columns: list[str]) -> list[str]:
             "or set task.text_columns to the CSV's text column names"
         )
 
+    repeated = sorted({column for column in expected if header.count(column) > 1})
+    if repeated:
+        raise ConfigError(
+            f"{path} has more than one column named {', '.join(repeated)} (header {','.join(header)}), "
+            "so the column to read is ambiguous. Rename or remove the extra columns."
+        )
+
     if first_row is None:
         raise ConfigError(f"{path} has a header but no data rows: the split is empty")
 
