@@ -42,7 +42,7 @@ def test_start_tracking_loses_creation_race(tmp_path, monkeypatch):
 
 
 def test_start_tracking_rejects_unreachable_server():
-    # Binding port 0 picks a free port; closing the socket leaves nothing listening there.
+    # Binding port 0 picks a free port, and closing the socket leaves nothing listening there.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
