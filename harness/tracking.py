@@ -21,10 +21,10 @@ logger = logging.getLogger(__name__)
 # MLflow rejects param values longer than this; longer values live in config.yaml.
 MAX_PARAM_LENGTH = 6000
 METRIC_NAMES = ("accuracy", "macro_f1", "mcc", "loss")
-# The password of a URL such as postgresql://user:password@host/db (a storage or tracking URI).
 # Seconds that a run waits for an MLflow server to accept a connection. MLflow's own HTTP
 # retries with backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES) take minutes before an unreachable server fails a run.
 SERVER_PROBE_TIMEOUT_S = 10
+# The password of a URL such as postgresql://user:password@host/db (a storage or tracking URI).
 URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+(?=@)")
 
 
