@@ -359,7 +359,6 @@ class OptunaSweep:
 
     def _fail_in_flight(self, study, reason: str) -> None:
         for item in list(self.in_flight):
-            logger.error("Trial %d FAIL: %s", item.trial.number, reason)
             self._finish(study, item, TrialState.FAIL, None, reason)
 
     def _summarize(self, study, space, parent_run_id: str, n_trials: int, storage_url: str) -> None:
