@@ -245,3 +245,23 @@ def test_joblib_launcher_runs_batches_in_parallel(tmp_path):
     assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 4
     assert all(RUN_ID_ATTR in trial.user_attrs for trial in study.get_trials())
     assert "Joblib.Parallel(n_jobs=2" in output_of(result)
+
+
+def test_submitit_local_launcher_prunes_across_processes(tmp_path):
+    # submitit_local runs each job in its own process, as submitit_slurm does on a cluster,
+    # so the jobs reach their trials only through the storage.
+    result = run_toy(
+        tmp_path,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=4",
+    )
+    assert result.returncode == 0, output_of(result)[-3000:]
+
+    study = load_study(sqlite_url(tmp_path))
+    counts = states(study)
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 4
+    assert counts.get("PRUNED", 0) >= 1
+    children = [run for run in mlflow_runs(tmp_path, "toy") if "trial_state" in run.data.tags]
+    assert sorted(run.data.tags["trial_state"] for run in children) == sorted(trial.state.name for trial in study.get_trials())
