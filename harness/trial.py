@@ -9,6 +9,7 @@ process boundary. The sweeper and the jobs share `open_storage` and `build_prune
 """
 
 import logging
+import os
 import time
 import warnings
 
@@ -17,6 +18,7 @@ import sqlalchemy.exc
 
 from harness.errors import ConfigError
 from harness.journal_heartbeat import HeartbeatJournalStorage
+from harness.tracking import mask_passwords
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +44,28 @@ def is_journal(storage_url: str) -> bool:
     return "://" not in storage_url
 
 
-def open_storage(storage_url: str, heartbeat_interval=None, grace_period=None, stale_trial_retries=None):
+def open_storage(storage_url: str, heartbeat_interval=None, grace_period=None, stale_trial_callback=None):
     """Open an Optuna storage: an RDB URL (`sqlite:///...`, `postgresql+psycopg://...`) or a journal file.
 
     The sweeper passes the heartbeat arguments, so that a trial of a worker that died becomes
-    FAIL after `grace_period` seconds without a heartbeat and is queued again up to
-    `stale_trial_retries` times with the same params. Jobs open the storage without them.
+    FAIL after `grace_period` seconds without a heartbeat, and then `stale_trial_callback`
+    runs for it. Jobs open the storage without them.
     """
-    # Heartbeats and RetryHeartbeatStaleTrialCallback are experimental in Optuna 5.1 and warn
-    # on every use; the sweeper relies on both on purpose.
+    # Heartbeats are experimental in Optuna 5.1 and warn on every use; the sweeper relies on them on purpose.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = None
-        if stale_trial_retries is not None:
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=stale_trial_retries)
         if is_journal(storage_url):
-            return _open_journal(storage_url, heartbeat_interval, grace_period, retry)
-        return _open_rdb(storage_url, heartbeat_interval, grace_period, retry)
+            return _open_journal(storage_url, heartbeat_interval, grace_period, stale_trial_callback)
+        return _open_rdb(storage_url, heartbeat_interval, grace_period, stale_trial_callback)
 
 
 def _open_journal(path: str, heartbeat_interval, grace_period, retry):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(
+            f"The Optuna journal file {path!r} cannot be created: the folder {folder!r} does not exist. "
+            "Create the folder or set hydra.sweeper.storage to a path in an existing one."
+        )
     backend = optuna.storages.journal.JournalFileBackend(path)
     if heartbeat_interval is None:
         return optuna.storages.JournalStorage(backend)
@@ -77,6 +81,12 @@ def _open_rdb(storage_url: str, heartbeat_interval, grace_period, retry):
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=retry,
             )
+        except sqlalchemy.exc.OperationalError as error:
+            raise ConfigError(
+                f"Failed to open the Optuna storage {mask_passwords(storage_url)} ({str(error.orig).splitlines()[0]}). Check "
+                "hydra.sweeper.storage and that the database server runs, or set hydra.sweeper.storage=null "
+                "for a SQLite file under tracking.root."
+            ) from error
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
             # Workers that start together on an empty database race to create Optuna's
             # tables and types (PostgreSQL raises a unique violation for the loser), so

@@ -137,6 +137,10 @@ def test_resume_after_kill_runs_remaining_trials(tmp_path, storage, wait_s):
     assert retried[0].params == killed_params
     assert output_of(resumed).count(" COMPLETE: ") == 3
 
+    killed_run = next(run for run in mlflow_runs(tmp_path, "toy") if run.info.run_id == trials[3].user_attrs[RUN_ID_ATTR])
+    assert killed_run.info.status == "FAILED"
+    assert killed_run.data.tags["trial_state"] == "FAIL"
+
 
 def test_grid_sampler_runs_each_point_once(tmp_path):
     result = run_toy(
@@ -154,6 +158,23 @@ def test_grid_sampler_runs_each_point_once(tmp_path):
     assert states(study) == {"COMPLETE": 8}
     points = {(trial.params["x"], trial.params["y"], trial.params["choice"]) for trial in study.get_trials()}
     assert len(points) == 8
+
+
+def test_grid_resume_retries_failed_point(tmp_path):
+    grid = ["hydra.sweeper.sampler=grid", "hydra.sweeper.pruner=null", "x=choice(0.1,0.3)", "y=range(6,8)", "fail_trials=[1]"]
+    first = run_toy(tmp_path, *grid, "hydra.sweeper.n_trials=4")
+    assert first.returncode == 0, output_of(first)[-3000:]
+    # The resume has another sampler seed and a larger budget, and the failed point runs again.
+    second = run_toy(tmp_path, *grid, "hydra.sweeper.n_trials=8", "hydra.sweeper.seed=5")
+    assert second.returncode == 0, output_of(second)[-3000:]
+
+    study = load_study(sqlite_url(tmp_path))
+    assert states(study) == {"COMPLETE": 8, "FAIL": 1}
+    complete = [trial for trial in study.get_trials() if trial.state.name == "COMPLETE"]
+    points = {(trial.params["x"], trial.params["y"], trial.params["choice"]) for trial in complete}
+    assert len(points) == 8
+    failed = study.get_trials()[1]
+    assert (failed.params["x"], failed.params["y"], failed.params["choice"]) in points
 
 
 def test_nsga2_sweep_reports_pareto_front(tmp_path):

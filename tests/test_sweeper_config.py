@@ -9,7 +9,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from harness.errors import ConfigError
-from harness.trial import build_pruner, check_split
+from harness.trial import build_pruner, check_split, open_storage
 from hydra_plugins.harness_optuna_sweeper._impl import absolute_storage_url, check_settings, display_url
 from hydra_plugins.harness_optuna_sweeper._search_space import format_value, parse_search_space
 from hydra_plugins.harness_optuna_sweeper.config import HarnessOptunaSweeperConf
@@ -47,6 +47,7 @@ BAD_CONFIGS = [
     ("empty choices", {"params": {"x": "choice()"}}, "empty choice is not legal"),
     ("unknown tag", {"params": {"x": "tag(lg, interval(1.0, 2.0))"}}, "unknown tag ['lg']"),
     ("n_trials zero", {"n_trials": 0}, "hydra.sweeper.n_trials=0 is invalid"),
+    ("grace period within a heartbeat", {"heartbeat_interval": 4, "grace_period": 4}, "must be greater than hydra.sweeper.heartbeat_interval=4"),
     ("unknown sampler", {"sampler": "bayes"}, "hydra.sweeper.sampler='bayes' is not a known sampler"),
     ("unknown pruner", {"pruner": "patient"}, "hydra.sweeper.pruner='patient' is not a known pruner"),
     ("bad pruner option", {"pruner_options": {"median": {"warmup": 1}}}, "is invalid for MedianPruner"),
@@ -158,3 +159,18 @@ def test_display_url_hides_password():
 
 def test_build_pruner_without_name_never_prunes():
     assert type(build_pruner(None)).__name__ == "NopPruner"
+
+
+@pytest.mark.parametrize(
+    "storage, message",
+    [
+        ("/nonexistent/folder/optuna.journal", "the folder '/nonexistent/folder' does not exist"),
+        # Port 1 on loopback has no server, so the connection is refused at once.
+        ("postgresql+psycopg://user:secret@127.0.0.1:1/optuna", "Failed to open the Optuna storage postgresql+psycopg://user:***@"),
+    ],
+)
+def test_unusable_storage_raises(storage, message):
+    with pytest.raises(ConfigError) as error:
+        open_storage(storage, heartbeat_interval=60)
+    assert message in str(error.value)
+    assert "secret" not in str(error.value)

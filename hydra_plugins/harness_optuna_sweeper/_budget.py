@@ -17,6 +17,8 @@ the kept trials never exceed `n_trials`: the last kept trial would have counted 
 from optuna.trial import TrialState
 
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+# Trial user attribute with the reason a trial failed.
+FAIL_REASON_ATTR = "fail_reason"
 # User attribute of a trial failed because other workers had used up the budget.
 OVER_BUDGET_REASON = "over budget: other workers asked for the last trials first"
 

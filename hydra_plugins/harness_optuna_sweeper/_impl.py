@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import numbers
+import random
 import shlex
 import sys
 import time
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -35,18 +37,19 @@ from harness import tracking
 from harness.errors import ConfigError
 from harness.trial import PRUNER_ATTR, PRUNERS, RUN_ID_ATTR, build_pruner, count_blocks, is_journal, open_storage
 
-from ._budget import OVER_BUDGET_REASON, open_slots, within_budget
-from ._parent_run import finish_parent_run, open_parent_run, record_best, tag_trial_state
+from ._budget import FAIL_REASON_ATTR, OVER_BUDGET_REASON, open_slots, within_budget
+from ._grid import GRID_RETRIES, grid_points, next_grid_point
+from ._parent_run import fail_dead_trial_run, finish_parent_run, open_parent_run, record_best, tag_trial_state
 from ._samplers import SAMPLERS, build_sampler, check_sampler
 from ._search_space import format_value, parse_search_space
 
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("maximize", "minimize")
-FAIL_REASON_ATTR = "fail_reason"
 # A trial whose worker died (no heartbeat for grace_period) is queued once more with the same params.
 STALE_TRIAL_RETRIES = 1
 RESULTS_FILE = "optimization_results.yaml"
+GRID_RACE_REASON = "no grid point: another worker took the queued one first"
 MAX_REASON_LENGTH = 2000
 
 
@@ -72,14 +75,17 @@ class OptunaSweep:
         self.in_flight: list[InFlight] = []
         self.failures = 0
         self.last_error = None
+        # The grid's points when sampler=grid, else None; see _grid.py.
+        self.grid_points = None
+        self.rng = None
 
     def run(self):
         """Run trials until the study's budget is used up or max_failures stops this worker."""
-        directions, space, job_cfg, n_trials, grid = self._validate()
+        directions, space, job_cfg, n_trials = self._validate()
 
         storage_url = self._storage_url(job_cfg)
         study_name = self.settings["study_name"] or self._default_study_name(space, directions)
-        study, created = self._open_study(storage_url, study_name, directions, grid)
+        study, created = self._open_study(storage_url, study_name, directions)
 
         experiment_id = tracking.start_tracking(job_cfg.tracking)
         tags = self._parent_tags(study_name, storage_url, space, n_trials, directions)
@@ -114,11 +120,10 @@ class OptunaSweep:
         space.validate(job_cfg, lambda: count_blocks(job_cfg.model))
 
         n_trials = settings["n_trials"]
-        grid = None
         if settings["sampler"] == "grid":
-            grid = space.grid()
-            n_trials = _clamp_to_grid(n_trials, grid)
-        return directions, space, job_cfg, n_trials, grid
+            self.grid_points = grid_points(space.grid())
+            n_trials = _clamp_to_grid(n_trials, len(self.grid_points))
+        return directions, space, job_cfg, n_trials
 
     @staticmethod
     def _trial_overrides(storage_url: str, study_name: str, parent_run_id: str, number: int) -> list[str]:
@@ -149,13 +154,13 @@ class OptunaSweep:
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:8]
         return f"{sweep_name}-{digest}"
 
-    def _open_study(self, storage_url: str, study_name: str, directions: list, grid):
+    def _open_study(self, storage_url: str, study_name: str, directions: list):
         settings = self.settings
         storage = open_storage(
             storage_url,
             heartbeat_interval=settings["heartbeat_interval"],
             grace_period=settings["grace_period"],
-            stale_trial_retries=STALE_TRIAL_RETRIES,
+            stale_trial_callback=_retry_dead_trial,
         )
 
         # create_study without load_if_exists is atomic: exactly one worker creates the study,
@@ -174,10 +179,12 @@ class OptunaSweep:
                 f"not {directions}. Set hydra.sweeper.study_name to a new name."
             )
 
-        # Seeding with the trial count makes a resumed worker propose new points, not replay
-        # the first proposals of the earlier run.
-        seed = settings["seed"] + len(existing.get_trials(deepcopy=False))
-        sampler = build_sampler(settings["sampler"], settings["sampler_options"].get(settings["sampler"]), seed, grid)
+        # Mixing in the trial count makes a resumed worker propose new points, not replay the
+        # first proposals of the earlier run. SeedSequence keeps (seed 2, 0 trials) and
+        # (seed 0, 2 trials) apart, which a sum would not.
+        seed = int(np.random.SeedSequence([settings["seed"], len(existing.get_trials(deepcopy=False))]).generate_state(1)[0])
+        self.rng = random.Random(seed)
+        sampler = build_sampler(settings["sampler"], settings["sampler_options"].get(settings["sampler"]), seed)
         pruner_options = settings["pruner_options"].get(settings["pruner"]) or {}
         pruner = build_pruner(settings["pruner"], pruner_options)
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
@@ -231,6 +238,12 @@ class OptunaSweep:
 
             wait_deadline = None
             batch = self._ask_batch(study, space, min(remaining, self.settings["n_jobs"]), n_trials)
+            if not batch and self.grid_points is not None:
+                logger.warning(
+                    "Study %s: every grid point has run, or failed %d times; stopping with %d budget slots left",
+                    study.study_name, GRID_RETRIES + 1, remaining,
+                )
+                return False
             if batch:
                 self._launch(study, batch, space, trial_overrides)
 
@@ -260,8 +273,14 @@ class OptunaSweep:
 
     def _ask_batch(self, study, space, size: int, n_trials: int) -> list[InFlight]:
         for _ in range(size):
+            if self.grid_points is not None and not self._enqueue_grid_point(study):
+                break
             with _heartbeat_warnings_ignored():
                 trial = study.ask()
+            if self.grid_points is not None and "fixed_params" not in study._storage.get_trial(trial._trial_id).system_attrs:
+                # Another worker asked for the queued grid point first, so this trial has none.
+                self._tell(study, trial, TrialState.FAIL, None, GRID_RACE_REASON)
+                continue
             if not within_budget(study, trial.number, n_trials):
                 logger.info("Trial %d: %s", trial.number, OVER_BUDGET_REASON)
                 self._tell(study, trial, TrialState.FAIL, None, OVER_BUDGET_REASON)
@@ -276,6 +295,16 @@ class OptunaSweep:
             item.params = space.suggest(trial)
             item.overrides = space.overrides(item.params)
         return list(self.in_flight)
+
+    def _enqueue_grid_point(self, study) -> bool:
+        """Queue the next grid point unless a queued trial waits already; return False when the grid is used up."""
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return True
+        point = next_grid_point(study, self.grid_points, self.rng)
+        if point is None:
+            return False
+        study.enqueue_trial(point)
+        return True
 
     def _launch(self, study, batch: list[InFlight], space, trial_overrides) -> None:
         jobs = [space.fixed + item.overrides + trial_overrides(item.trial.number) for item in batch]
@@ -349,12 +378,6 @@ class OptunaSweep:
             study.tell(trial, values, state=state, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
             logger.warning("Trial %d was already finished by another worker's stale-trial check", trial.number)
-        except RuntimeError:
-            # GridSampler calls Study.stop() after the last grid point, which raises outside
-            # Study.optimize (documented for ask-and-tell in Optuna's GridSampler notes). The
-            # trial's state is stored before that.
-            if not isinstance(study.sampler, optuna.samplers.GridSampler):
-                raise
         return study._storage.get_trial(trial._trial_id)
 
     def _fail_in_flight(self, study, reason: str) -> None:
@@ -410,6 +433,14 @@ class OptunaSweep:
         return max(study.best_trials, key=lambda trial: sign * trial.values[0])
 
 
+def _retry_dead_trial(study, trial) -> None:
+    """Queue a dead worker's trial once more with the same params, and end its MLflow run as FAILED."""
+    logger.warning("Trial %d FAIL: its worker sent no heartbeat for the grace period (killed or lost)", trial.number)
+    with _heartbeat_warnings_ignored():
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES)(study, trial)
+    fail_dead_trial_run(trial.user_attrs.get(RUN_ID_ATTR))
+
+
 def check_settings(settings: dict) -> list[str]:
     """Raise ConfigError for invalid sweeper settings; return the directions, one per objective."""
     for key, minimum in (("n_trials", 1), ("n_jobs", 1), ("heartbeat_interval", 1)):
@@ -420,6 +451,13 @@ def check_settings(settings: dict) -> list[str]:
         value = settings[key]
         if value is not None and (not _is_int(value) or value < 1):
             raise ConfigError(f"hydra.sweeper.{key}={value!r} is invalid: expected null or an integer >= 1.")
+    grace_period, interval = settings["grace_period"], settings["heartbeat_interval"]
+    if grace_period is not None and grace_period <= interval:
+        # A live trial would go stale between two of its heartbeats, and other workers would fail it.
+        raise ConfigError(
+            f"hydra.sweeper.grace_period={grace_period} is invalid: it must be greater than "
+            f"hydra.sweeper.heartbeat_interval={interval}. Set it to null for 2 x heartbeat_interval."
+        )
 
     objectives = settings["objectives"]
     if not objectives:
@@ -474,10 +512,7 @@ def display_url(storage_url: str) -> str:
     return make_url(storage_url).render_as_string(hide_password=True)
 
 
-def _clamp_to_grid(n_trials: int, grid: dict) -> int:
-    size = 1
-    for values in grid.values():
-        size *= len(values)
+def _clamp_to_grid(n_trials: int, size: int) -> int:
     if n_trials > size:
         logger.warning("The grid has %d points, so the sweep runs %d trials, not n_trials=%d", size, size, n_trials)
         return size

@@ -7,7 +7,8 @@ from harness.errors import ConfigError
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
     "random": optuna.samplers.RandomSampler,
-    "grid": optuna.samplers.GridSampler,
+    # Grid points reach their trials as fixed params (see _grid.py), so this sampler never samples.
+    "grid": optuna.samplers.RandomSampler,
     "cmaes": optuna.samplers.CmaEsSampler,
     "nsga2": optuna.samplers.NSGAIISampler,
 }
@@ -25,11 +26,9 @@ def check_sampler(name: str, num_objectives: int) -> None:
         )
 
 
-def build_sampler(name: str, options, seed: int, grid=None):
-    """Build the sampler `name` with `options` (keyword arguments) and `seed`; `grid` is GridSampler's search space."""
+def build_sampler(name: str, options, seed: int):
+    """Build the sampler `name` with `options` (keyword arguments) and `seed`."""
     kwargs = {"seed": seed, **dict(options or {})}
-    if name == "grid":
-        kwargs["search_space"] = grid
     try:
         return SAMPLERS[name](**kwargs)
     except (TypeError, ValueError) as error:

@@ -182,7 +182,7 @@ class SearchSpace:
         return overrides
 
     def grid(self) -> dict[str, list]:
-        """Return the grid for GridSampler; raise ConfigError for a parameter without discrete values."""
+        """Return the grid values of each sampled parameter; raise ConfigError for a parameter without discrete values."""
         grid = {param.key: _grid_values(param) for param in self.params}
         if self.split is not None:
             if self.split.count != 1:

@@ -1,0 +1,53 @@
+"""Grid sweeps: each grid point runs once over resumes and workers, and a failed point gets one retry.
+
+Optuna's GridSampler finds its place in the grid through a shuffle seeded by the sampler
+seed and the grid ids stored on trials. A resumed or second worker with another seed, or a
+failed trial, then makes it repeat some points and skip others. So the sweeper enqueues
+each grid point as a trial with fixed params (`Study.enqueue_trial`) and picks a point
+that no COMPLETE, PRUNED, RUNNING or WAITING trial has taken. A point whose trials all
+failed is picked again, up to GRID_RETRIES times, once no untaken point is left.
+
+NOTE: two workers that pick at the same moment can pick the same point (each picks at
+random among the free points, as GridSampler does). The budget stays exact, and the grid
+then ends with one point untried.
+"""
+
+import itertools
+import random
+from collections import Counter
+
+from optuna.trial import TrialState
+
+from ._budget import FAIL_REASON_ATTR, OVER_BUDGET_REASON
+
+GRID_RETRIES = 1
+TAKEN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    """Return every combination of the grid's values, as params dicts."""
+    names = sorted(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
+
+
+def next_grid_point(study, points: list[dict], rng: random.Random) -> dict | None:
+    """Return a grid point that no trial has taken, preferring points that failed least; None when none is left."""
+    taken = set()
+    failures = Counter()
+    for trial in study.get_trials(deepcopy=False):
+        # An enqueued trial keeps its params in `fixed_params` until a worker asks for it.
+        key = _key(trial.params or trial.system_attrs.get("fixed_params", {}))
+        if trial.state in TAKEN_STATES:
+            taken.add(key)
+        elif trial.user_attrs.get(FAIL_REASON_ATTR) != OVER_BUDGET_REASON:
+            failures[key] += 1
+
+    free = [point for point in points if _key(point) not in taken and failures[_key(point)] <= GRID_RETRIES]
+    if not free:
+        return None
+    fewest = min(failures[_key(point)] for point in free)
+    return rng.choice([point for point in free if failures[_key(point)] == fewest])
+
+
+def _key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
