@@ -166,4 +166,6 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    # Also before the first job, so that SIGTERM to a sweep ends its parent run as KILLED.
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     main()
