@@ -51,7 +51,7 @@ def open_storage(storage_url: str, heartbeat_interval=None, grace_period=None, s
     FAIL after `grace_period` seconds without a heartbeat, and then `stale_trial_callback`
     runs for it. Jobs open the storage without them.
     """
-    # Heartbeats are experimental in Optuna 5.1 and warn on every use; the sweeper relies on them on purpose.
+    # Heartbeats are experimental in Optuna 5.1 and warn on every use, and the sweeper relies on them on purpose.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if is_journal(storage_url):
@@ -59,7 +59,7 @@ def open_storage(storage_url: str, heartbeat_interval=None, grace_period=None, s
         return _open_rdb(storage_url, heartbeat_interval, grace_period, stale_trial_callback)
 
 
-def _open_journal(path: str, heartbeat_interval, grace_period, retry):
+def _open_journal(path: str, heartbeat_interval, grace_period, stale_trial_callback):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ConfigError(
@@ -69,17 +69,17 @@ def _open_journal(path: str, heartbeat_interval, grace_period, retry):
     backend = optuna.storages.journal.JournalFileBackend(path)
     if heartbeat_interval is None:
         return optuna.storages.JournalStorage(backend)
-    return HeartbeatJournalStorage(backend, heartbeat_interval, grace_period, retry)
+    return HeartbeatJournalStorage(backend, heartbeat_interval, grace_period, stale_trial_callback)
 
 
-def _open_rdb(storage_url: str, heartbeat_interval, grace_period, retry):
+def _open_rdb(storage_url: str, heartbeat_interval, grace_period, stale_trial_callback):
     for attempt in range(1, SCHEMA_ATTEMPTS + 1):
         try:
             return optuna.storages.RDBStorage(
                 storage_url,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
-                heartbeat_stale_trial_callback=retry,
+                heartbeat_stale_trial_callback=stale_trial_callback,
             )
         except sqlalchemy.exc.OperationalError as error:
             raise ConfigError(

@@ -32,17 +32,17 @@ def grid_points(grid: dict[str, list]) -> list[dict]:
 
 def next_grid_point(study, points: list[dict], rng: random.Random) -> dict | None:
     """Return a grid point that no trial has taken, preferring points that failed least; None when none is left."""
-    taken = set()
+    claimed = set()
     failures = Counter()
     for trial in study.get_trials(deepcopy=False):
         # An enqueued trial keeps its params in `fixed_params` until a worker asks for it.
         key = _key(trial.params or trial.system_attrs.get("fixed_params", {}))
         if trial.state in TAKEN_STATES:
-            taken.add(key)
+            claimed.add(key)
         elif trial.user_attrs.get(FAIL_REASON_ATTR) != OVER_BUDGET_REASON:
             failures[key] += 1
 
-    free = [point for point in points if _key(point) not in taken and failures[_key(point)] <= GRID_RETRIES]
+    free = [point for point in points if _key(point) not in claimed and failures[_key(point)] <= GRID_RETRIES]
     if not free:
         return None
     fewest = min(failures[_key(point)] for point in free)

@@ -75,7 +75,7 @@ class OptunaSweep:
         self.in_flight: list[InFlight] = []
         self.failures = 0
         self.last_error = None
-        # The grid's points when sampler=grid, else None; see _grid.py.
+        # The grid's points when sampler=grid, else None (see _grid.py).
         self.grid_points = None
         self.rng = None
 
