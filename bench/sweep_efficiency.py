@@ -153,7 +153,30 @@ def run_sweep(name: str, args, settings: dict, output_dir: Path, conf_dir: Path)
         "best_val_metric": best["values"]["best_val_metric"],
         "best_overrides": best["overrides"],
         "best_mlflow_run_id": best["mlflow_run_id"],
+        "best_so_far": best_so_far(output_dir, name),
     }
+
+
+def best_so_far(output_dir: Path, study_name: str) -> list[list]:
+    """Return [trial-epochs spent, best validation metric so far] after each finished trial, in finishing order."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{output_dir / 'optuna.db'}")
+    finished = sorted((trial for trial in study.get_trials(deepcopy=False) if trial.state.is_finished()),
+                      key=lambda trial: trial.datetime_complete)
+    spent, best, points = 0, None, []
+    for trial in finished:
+        spent += len(trial.intermediate_values)
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            best = trial.value if best is None else max(best, trial.value)
+        points.append([spent, best])
+    return points
+
+
+def best_within(points: list[list], budget: int) -> float | None:
+    """Return the best validation metric a sweep had reached once it had spent at most `budget` trial-epochs."""
+    reached = [best for spent, best in points if spent <= budget and best is not None]
+    return reached[-1] if reached else None
 
 
 def best_test_metric(output_dir: Path, run_id: str) -> float | None:
@@ -199,6 +222,18 @@ def append_to_doc(report: dict) -> None:
             f"| {name} | {result['trials']} | {result['trials_pruned']} | {result['trial_epochs']} | "
             f"{result['wall_s']} | {result['cpu_s']} | {result['best_val_metric']:.4f} | {test} | {gap} | {fraction} |"
         )
+    checkpoints = [grid["trial_epochs"] * fraction // 12 for fraction in (2, 4, 6, 12)]
+    lines += [
+        "",
+        "Best validation accuracy reached within a compute budget (trial-epochs; the grid's total is "
+        f"{grid['trial_epochs']}):",
+        "",
+        "| sweep | " + " | ".join(f"<= {budget}" for budget in checkpoints) + " |",
+        "|---|" + "---|" * len(checkpoints),
+    ]
+    for name, result, _ in rows:
+        cells = [best_within(result["best_so_far"], budget) for budget in checkpoints]
+        lines.append(f"| {name} | " + " | ".join("n/a" if cell is None else f"{cell:.4f}" for cell in cells) + " |")
     met = sum(comparison["meets_target"] for comparison in report["comparisons"].values())
     lines += [
         "",
