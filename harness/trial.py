@@ -81,19 +81,19 @@ def _open_rdb(storage_url: str, heartbeat_interval, grace_period, stale_trial_ca
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=stale_trial_callback,
             )
-        except sqlalchemy.exc.OperationalError as error:
-            raise ConfigError(
-                f"Failed to open the Optuna storage {mask_passwords(storage_url)} ({str(error.orig).splitlines()[0]}). Check "
-                "hydra.sweeper.storage and that the database server runs, or set hydra.sweeper.storage=null "
-                "for a SQLite file under tracking.root."
-            ) from error
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
-            # Workers that start together on an empty database race to create Optuna's
-            # tables and types (PostgreSQL raises a unique violation for the loser), so
-            # the loser waits for the winner and opens the storage again.
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as error:
+            # Workers that start together on an empty database race to create Optuna's tables
+            # and types (PostgreSQL raises a unique violation for the loser, SQLite "table ...
+            # already exists"), so the loser waits for the winner and opens the storage again.
+            # A server that refuses connections raises OperationalError on every attempt.
             if attempt == SCHEMA_ATTEMPTS:
-                raise
-            logger.info("Creating the Optuna schema raced with another worker (%s); retrying", type(error).__name__)
+                raise ConfigError(
+                    f"Failed to open the Optuna storage {mask_passwords(storage_url)} "
+                    f"({str(error.orig).splitlines()[0]}). Check hydra.sweeper.storage and that the database "
+                    "server runs, or set hydra.sweeper.storage=null for a SQLite file under tracking.root."
+                ) from error
+            logger.info("Opening the Optuna storage failed (%s), maybe in a race with another worker; retrying",
+                        type(error).__name__)
             time.sleep(SCHEMA_RETRY_S)
 
 

@@ -47,6 +47,7 @@ BAD_CONFIGS = [
     ("empty choices", {"params": {"x": "choice()"}}, "empty choice is not legal"),
     ("unknown tag", {"params": {"x": "tag(lg, interval(1.0, 2.0))"}}, "unknown tag ['lg']"),
     ("n_trials zero", {"n_trials": 0}, "hydra.sweeper.n_trials=0 is invalid"),
+    ("negative seed", {"seed": -1}, "hydra.sweeper.seed=-1 is invalid: expected an integer >= 0"),
     ("grace period within a heartbeat", {"heartbeat_interval": 4, "grace_period": 4}, "must be greater than hydra.sweeper.heartbeat_interval=4"),
     ("unknown sampler", {"sampler": "bayes"}, "hydra.sweeper.sampler='bayes' is not a known sampler"),
     ("unknown pruner", {"pruner": "patient"}, "hydra.sweeper.pruner='patient' is not a known pruner"),

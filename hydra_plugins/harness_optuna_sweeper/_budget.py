@@ -21,6 +21,15 @@ BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, Tri
 FAIL_REASON_ATTR = "fail_reason"
 # User attribute of a trial failed because other workers had used up the budget.
 OVER_BUDGET_REASON = "over budget: other workers asked for the last trials first"
+# User attribute of a grid trial asked after another worker had taken the queued grid point.
+GRID_RACE_REASON = "no grid point: another worker took the queued one first"
+# FAIL trials with these reasons ran no job, so they count as no failure.
+NO_JOB_REASONS = (OVER_BUDGET_REASON, GRID_RACE_REASON)
+
+
+def is_job_failure(trial) -> bool:
+    """Return whether `trial` is a FAIL trial whose job ran (or was launched) and failed."""
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(FAIL_REASON_ATTR) not in NO_JOB_REASONS
 
 
 def open_slots(study, n_trials: int) -> int:

@@ -18,7 +18,7 @@ from collections import Counter
 
 from optuna.trial import TrialState
 
-from ._budget import FAIL_REASON_ATTR, OVER_BUDGET_REASON
+from ._budget import is_job_failure
 
 GRID_RETRIES = 1
 TAKEN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -39,7 +39,7 @@ def next_grid_point(study, points: list[dict], rng: random.Random) -> dict | Non
         key = _key(trial.params or trial.system_attrs.get("fixed_params", {}))
         if trial.state in TAKEN_STATES:
             claimed.add(key)
-        elif trial.user_attrs.get(FAIL_REASON_ATTR) != OVER_BUDGET_REASON:
+        elif is_job_failure(trial):
             failures[key] += 1
 
     free = [point for point in points if _key(point) not in claimed and failures[_key(point)] <= GRID_RETRIES]

@@ -37,9 +37,9 @@ from harness import tracking
 from harness.errors import ConfigError
 from harness.trial import PRUNER_ATTR, PRUNERS, RUN_ID_ATTR, build_pruner, count_blocks, is_journal, open_storage
 
-from ._budget import FAIL_REASON_ATTR, OVER_BUDGET_REASON, open_slots, within_budget
+from ._budget import FAIL_REASON_ATTR, GRID_RACE_REASON, OVER_BUDGET_REASON, is_job_failure, open_slots, within_budget
 from ._grid import GRID_RETRIES, grid_points, next_grid_point
-from ._parent_run import fail_dead_trial_run, finish_parent_run, open_parent_run, record_best, tag_trial_state
+from ._parent_run import end_failed_trial_run, finish_parent_run, open_parent_run, record_best, tag_trial_state
 from ._samplers import SAMPLERS, build_sampler, check_sampler
 from ._search_space import format_value, parse_search_space
 
@@ -49,7 +49,6 @@ DIRECTIONS = ("maximize", "minimize")
 # A trial whose worker died (no heartbeat for grace_period) is queued once more with the same params.
 STALE_TRIAL_RETRIES = 1
 RESULTS_FILE = "optimization_results.yaml"
-GRID_RACE_REASON = "no grid point: another worker took the queued one first"
 MAX_REASON_LENGTH = 2000
 
 
@@ -77,6 +76,7 @@ class OptunaSweep:
         self.last_error = None
         # The grid's points when sampler=grid, else None (see _grid.py).
         self.grid_points = None
+        self.grid_used_up = False
         self.rng = None
 
     def run(self):
@@ -238,14 +238,15 @@ class OptunaSweep:
 
             wait_deadline = None
             batch = self._ask_batch(study, space, min(remaining, self.settings["n_jobs"]), n_trials)
-            if not batch and self.grid_points is not None:
-                logger.warning(
-                    "Study %s: every grid point has run, or failed %d times; stopping with %d budget slots left",
-                    study.study_name, GRID_RETRIES + 1, remaining,
-                )
-                return False
             if batch:
                 self._launch(study, batch, space, trial_overrides)
+            if self.grid_used_up:
+                logger.warning(
+                    "Study %s: no grid point is left to run (each one has a trial or failed %d times), "
+                    "so this worker stops short of the budget",
+                    study.study_name, GRID_RETRIES + 1,
+                )
+                return False
 
     def _staleness_wait_s(self) -> int:
         """Return the longest wait for other workers' trials: the grace period plus one heartbeat interval."""
@@ -302,6 +303,7 @@ class OptunaSweep:
             return True
         point = next_grid_point(study, self.grid_points, self.rng)
         if point is None:
+            self.grid_used_up = True
             return False
         study.enqueue_trial(point)
         return True
@@ -356,7 +358,11 @@ class OptunaSweep:
             item.heartbeat.join()
             self.in_flight.remove(item)
 
-        tag_trial_state(finished.user_attrs.get(RUN_ID_ATTR), finished.state.name)
+        run_id = finished.user_attrs.get(RUN_ID_ATTR)
+        if finished.state == TrialState.FAIL:
+            end_failed_trial_run(run_id)
+        else:
+            tag_trial_state(run_id, finished.state.name)
         if finished.state != state:
             reason = f"another worker finished the trial as {finished.state.name} first"
         state = finished.state
@@ -389,7 +395,7 @@ class OptunaSweep:
         counts = {
             "trials_complete": sum(trial.state == TrialState.COMPLETE for trial in trials),
             "trials_pruned": sum(trial.state == TrialState.PRUNED for trial in trials),
-            "trials_failed": sum(trial.state == TrialState.FAIL for trial in trials),
+            "trials_failed": sum(is_job_failure(trial) for trial in trials),
             # Compute spent: the validation epochs reported by every trial, pruned and failed ones included.
             "trial_epochs": sum(len(trial.intermediate_values) for trial in trials),
         }
@@ -438,12 +444,12 @@ def _retry_dead_trial(study, trial) -> None:
     logger.warning("Trial %d FAIL: its worker sent no heartbeat for the grace period (killed or lost)", trial.number)
     with _heartbeat_warnings_ignored():
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES)(study, trial)
-    fail_dead_trial_run(trial.user_attrs.get(RUN_ID_ATTR))
+    end_failed_trial_run(trial.user_attrs.get(RUN_ID_ATTR))
 
 
 def check_settings(settings: dict) -> list[str]:
     """Raise ConfigError for invalid sweeper settings; return the directions, one per objective."""
-    for key, minimum in (("n_trials", 1), ("n_jobs", 1), ("heartbeat_interval", 1)):
+    for key, minimum in (("n_trials", 1), ("n_jobs", 1), ("heartbeat_interval", 1), ("seed", 0)):
         value = settings[key]
         if not _is_int(value) or value < minimum:
             raise ConfigError(f"hydra.sweeper.{key}={value!r} is invalid: expected an integer >= {minimum}.")

@@ -71,15 +71,17 @@ def tag_trial_state(run_id: str | None, state_name: str) -> None:
         logger.warning("Failed to tag MLflow run %s with trial_state=%s: %s", run_id, state_name, error)
 
 
-def fail_dead_trial_run(run_id: str | None) -> None:
-    """End the MLflow run of a trial whose worker died as FAILED, tagged `trial_state=FAIL`."""
+def end_failed_trial_run(run_id: str | None) -> None:
+    """Tag a FAIL trial's run `trial_state=FAIL` and end it as FAILED if its job left it RUNNING (a dead worker)."""
     if run_id is None:
         return
     tag_trial_state(run_id, "FAIL")
+    client = MlflowClient()
     try:
-        MlflowClient().set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
+        if client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
+            client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
     except MlflowException as error:
-        logger.warning("Failed to end MLflow run %s of a dead trial: %s", run_id, error)
+        logger.warning("Failed to end MLflow run %s of a FAIL trial: %s", run_id, error)
 
 
 def record_best(parent_run_id: str, best: dict, counts: dict) -> None:
