@@ -7,6 +7,7 @@ import sys
 import mlflow
 import pytest
 from conftest import REPO, tiny_overrides, write_task_csvs
+from sweep_app.runner import prepare_mlflow
 
 from harness import experiment
 from harness.errors import ConfigError
@@ -240,6 +241,9 @@ def test_sigterm_marks_run_killed(tiny_model_dir, tiny_task_dir, tmp_path):
 
     args = [*tiny_overrides(tiny_model_dir, tiny_task_dir, tmp_path), "baseline=off", "train.epochs=1000"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # A database with MLflow's schema already in it: polling an empty one would race the
+    # run's schema creation.
+    prepare_mlflow(tmp_path, experiments=())
     process = subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
