@@ -9,7 +9,7 @@ grid's compute (trial-epochs: validation epochs over all trials, pruned ones inc
 Wall time and CPU time of each sweep are reported beside trial-epochs.
 
 The full fine-tuning baseline runs once first and counts toward no sweep. The last line of
-the output is one JSON object; a full run also appends a section to docs/benchmarks.md.
+the output is one JSON object, and a full run also appends a section to docs/benchmarks.md.
 Rerunning with the same --output-dir resumes the studies (only their missing trials run).
 
     python bench/sweep_efficiency.py                 # full: 48 grid trials + 16 TPE trials per seed
@@ -46,7 +46,7 @@ FULL = {
     "splits": [2, 3, 4],
     "lrs": [1.0e-5, 3.0e-5, 1.0e-4, 3.0e-4],
     "epochs": 3,
-    # 1,000 of TREC's 4,906 training rows keep the grid near 50 minutes on one CPU core.
+    # 1,000 of TREC's 4,906 training rows keep the grid near 47 CPU minutes (one core).
     "train_size": 1000,
 }
 # A smoke run: two grid points, one TPE trial, 64 training rows.
