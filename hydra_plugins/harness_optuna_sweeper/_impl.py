@@ -31,7 +31,6 @@ from mlflow.entities import RunStatus
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
 
 from harness import tracking
 from harness.errors import ConfigError
@@ -513,9 +512,7 @@ def absolute_storage_url(storage: str, launch_dir: Path) -> str:
 
 def display_url(storage_url: str) -> str:
     """Return the storage URL with any password masked, for logs and MLflow tags."""
-    if is_journal(storage_url):
-        return storage_url
-    return make_url(storage_url).render_as_string(hide_password=True)
+    return tracking.mask_passwords(storage_url)
 
 
 def _clamp_to_grid(n_trials: int, size: int) -> int:
