@@ -16,12 +16,11 @@ import itertools
 import random
 from collections import Counter
 
-from optuna.trial import TrialState
-
-from ._budget import is_job_failure
+from ._budget import BUDGET_STATES, is_job_failure
 
 GRID_RETRIES = 1
-TAKEN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+# Trial system attribute where Optuna keeps the params of an enqueued trial.
+FIXED_PARAMS_ATTR = "fixed_params"
 
 
 def grid_points(grid: dict[str, list]) -> list[dict]:
@@ -35,9 +34,9 @@ def next_grid_point(study, points: list[dict], rng: random.Random) -> dict | Non
     claimed = set()
     failures = Counter()
     for trial in study.get_trials(deepcopy=False):
-        # An enqueued trial keeps its params in `fixed_params` until a worker asks for it.
-        key = _key(trial.params or trial.system_attrs.get("fixed_params", {}))
-        if trial.state in TAKEN_STATES:
+        # An enqueued trial has no params until a worker takes it from the queue.
+        key = _key(trial.params or trial.system_attrs.get(FIXED_PARAMS_ATTR, {}))
+        if trial.state in BUDGET_STATES:
             claimed.add(key)
         elif is_job_failure(trial):
             failures[key] += 1

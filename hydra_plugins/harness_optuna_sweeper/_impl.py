@@ -37,7 +37,7 @@ from harness.errors import ConfigError
 from harness.trial import PRUNER_ATTR, PRUNERS, RUN_ID_ATTR, build_pruner, count_blocks, is_journal, open_storage
 
 from ._budget import FAIL_REASON_ATTR, GRID_RACE_REASON, OVER_BUDGET_REASON, is_job_failure, open_slots, within_budget
-from ._grid import GRID_RETRIES, grid_points, next_grid_point
+from ._grid import FIXED_PARAMS_ATTR, GRID_RETRIES, grid_points, next_grid_point
 from ._parent_run import end_failed_trial_run, finish_parent_run, open_parent_run, record_best, tag_trial_state
 from ._samplers import SAMPLERS, build_sampler, check_sampler
 from ._search_space import format_value, parse_search_space
@@ -277,7 +277,7 @@ class OptunaSweep:
                 break
             with _heartbeat_warnings_ignored():
                 trial = study.ask()
-            if self.grid_points is not None and "fixed_params" not in study._storage.get_trial(trial._trial_id).system_attrs:
+            if self.grid_points is not None and FIXED_PARAMS_ATTR not in study._storage.get_trial(trial._trial_id).system_attrs:
                 # Another worker asked for the queued grid point first, so this trial has none.
                 self._tell(study, trial, TrialState.FAIL, None, GRID_RACE_REASON)
                 continue
