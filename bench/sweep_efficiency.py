@@ -2,7 +2,7 @@
 
 All sweeps fine-tune MiniLM-L6 (model=minilm_l6) on TREC with tier=two_tier over the same
 discrete space: one split point and one lr per tier, each from a list of choices. The grid
-runs every point; TPE runs a third as many trials and prunes poor ones after their first
+runs every point. TPE runs a third as many trials and prunes poor ones after their first
 epoch, once per sampler seed, because one TPE study is one draw. The target: TPE reaches
 the grid's best validation accuracy within 0.5 points while spending at most a third of the
 grid's compute (trial-epochs: validation epochs over all trials, pruned ones included).
@@ -11,6 +11,7 @@ Wall time and CPU time of each sweep are reported beside trial-epochs.
 The full fine-tuning baseline runs once first and counts toward no sweep. The last line of
 the output is one JSON object, and a full run also appends a section to docs/benchmarks.md.
 Rerunning with the same --output-dir resumes the studies (only their missing trials run).
+NOTE: a rerun trains the baseline again, and its wall and CPU times cover only the rerun.
 
     python bench/sweep_efficiency.py                 # full: 48 grid trials + 16 TPE trials per seed
     python bench/sweep_efficiency.py --quick         # smoke run of the pipeline, numbers mean nothing
